@@ -1,0 +1,56 @@
+"""Build a role's backend from its recipe settings; roles naming the same model share one loaded copy."""
+
+from __future__ import annotations
+
+from teams_rl.errors import TeamsRLError
+from teams_rl.llm.base import Backend, SamplingParams
+from teams_rl.llm.ledger import Budget, Ledger, RoleClient
+
+BACKENDS = ("transformers", "openai")
+
+
+class BackendPool:
+    """Creates backends on demand and reuses one per (backend, model, dtype, url) so two roles on the same
+    model load its weights once."""
+
+    def __init__(self):
+        self._cache: dict[tuple, Backend] = {}
+
+    def get(self, settings: dict, role: str) -> Backend:
+        kind = settings["backend"]
+        key = (kind, settings["model"], settings.get("dtype"), settings.get("base_url"))
+        if key in self._cache:
+            return self._cache[key]
+        if kind == "transformers":
+            from teams_rl.llm.transformers_backend import TransformersBackend
+
+            backend = TransformersBackend(settings["model"], dtype=settings.get("dtype", "auto"),
+                                          batch_size=settings.get("batch_size", 8), field=f"{role}_model")
+        elif kind == "openai":
+            from teams_rl.llm.openai_backend import OpenAIBackend
+
+            backend = OpenAIBackend(settings["model"], base_url=settings.get("base_url"),
+                                    api_key_env=settings.get("api_key_env", "OPENAI_API_KEY"),
+                                    concurrency=settings.get("batch_size", 16),
+                                    timeout_s=settings.get("timeout_s", 120.0), role=role)
+        elif kind == "vllm":
+            # The protocol fits an in-process vLLM engine (batched generate, prompt logprobs for score), but it
+            # is not written yet; a vLLM server behind the openai backend gives the same throughput today.
+            raise TeamsRLError("the in-process vllm backend is not available yet: run `vllm serve MODEL` and set "
+                               f"{role}_backend: openai and {role}_base_url: http://HOST:8000/v1", field=f"{role}_backend")
+        else:
+            raise TeamsRLError(f"unknown backend '{kind}' (choose from {', '.join(BACKENDS)})",
+                               field=f"{role}_backend")
+        self._cache[key] = backend
+        return backend
+
+    def client(self, settings: dict, role: str, ledger: Ledger) -> RoleClient:
+        """The role's backend behind the ledger, with the role's budget."""
+        budget = Budget(max_calls=settings.get("max_calls"), max_tokens=settings.get("max_tokens"))
+        return RoleClient(self.get(settings, role), ledger, role, budget)
+
+
+def sampling_from(settings: dict, **override) -> SamplingParams:
+    values = {"temperature": settings["temperature"], "top_p": settings["top_p"],
+              "max_new_tokens": settings["max_new_tokens"], **override}
+    return SamplingParams(**values)

@@ -1,0 +1,214 @@
+"""A real OpenAI-compatible HTTP server on 127.0.0.1 for tests and benches: replies, latency, failures, logprobs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Messages = list[dict[str, str]]
+
+DEFAULT_TOP_LOGPROBS: list[tuple[str, float]] = [("Yes", -0.1), (" yes", -2.5), ("No", -2.4), ("Maybe", -5.0)]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a hung handler must never keep the test process alive
+    request_queue_size = 1024  # the listen backlog; the default of 5 would cap the concurrency a bench can see
+    allow_reuse_address = True
+
+
+class FakeOpenAIServer:
+    """``POST /v1/chat/completions`` answering in the OpenAI ``chat.completion`` shape.
+
+    - ``reply(messages) -> text``; tokens are whitespace-separated words, and a reply longer than ``max_tokens``
+      is cut to ``max_tokens`` words with ``finish_reason="length"``.
+    - ``latency_s``: fixed sleep per answered request.
+    - ``failures``: a script consumed one entry per request received, in arrival order: an HTTP status (429 answers
+      with ``Retry-After: <retry_after>``; any other status with an OpenAI-style error body) or ``None`` to answer
+      normally. ``failures=[429, 500]`` fails the first two requests.
+    - ``hang(messages) -> bool``: such requests sleep ``hang_s`` (longer than the client's timeout) before answering;
+      ``stop()`` wakes them, so hangs never outlive the server.
+    - ``logprobs=False`` omits logprobs even when asked; ``top_logprobs(messages) -> [(token, logprob), ...]``.
+    - ``usage=False`` omits the ``usage`` object.
+    - ``error_body(status, auth_header) -> str``: the message of a scripted failure (default: a generic one).
+
+    Counters: ``requests`` (received), ``max_in_flight``; ``bodies`` and ``auth_headers`` keep what was sent.
+    """
+
+    def __init__(
+        self,
+        reply: Callable[[Messages], str] | None = None,
+        latency_s: float = 0.0,
+        failures: Sequence[int | None] = (),
+        retry_after: str | None = "0",
+        hang: Callable[[Messages], bool] | None = None,
+        hang_s: float = 10.0,
+        logprobs: bool = True,
+        top_logprobs: Callable[[Messages], list[tuple[str, float]]] | None = None,
+        usage: bool = True,
+        error_body: Callable[[int, str], str] | None = None,
+        model: str = "fake-model",
+    ):
+        self.reply = reply or (lambda messages: "ok")
+        self.latency_s = latency_s
+        self.failures = list(failures)
+        self.retry_after = retry_after
+        self.hang = hang
+        self.hang_s = hang_s
+        self.logprobs = logprobs
+        self.top_logprobs = top_logprobs or (lambda messages: list(DEFAULT_TOP_LOGPROBS))
+        self.usage = usage
+        self.error_body = error_body or (lambda status, auth: f"injected failure {status}")
+        self.model = model
+
+        self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.bodies: list[dict[str, Any]] = []
+        self.auth_headers: list[str] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return self._server.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FakeOpenAIServer:
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # wakes hung handlers
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ request handling
+
+    def _next_failure(self) -> int | None:
+        with self._lock:
+            return self.failures.pop(0) if self.failures else None
+
+    def _answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        messages = body.get("messages", [])
+        words = str(self.reply(messages)).split()
+        finish = "stop"
+        max_tokens = body.get("max_tokens")
+        if max_tokens is not None and len(words) > int(max_tokens):
+            words, finish = words[: int(max_tokens)], "length"
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": " ".join(words)},
+            "finish_reason": finish,
+            "logprobs": None,
+        }
+        if body.get("logprobs") and self.logprobs:
+            top = self.top_logprobs(messages)[: int(body.get("top_logprobs") or 0) or None]
+            first_token, first_lp = top[0] if top else (words[0] if words else "", 0.0)
+            choice["logprobs"] = {
+                "content": [
+                    {
+                        "token": first_token,
+                        "logprob": first_lp,
+                        "bytes": list(first_token.encode()),
+                        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top],
+                    }
+                ]
+            }
+        out: dict[str, Any] = {
+            "id": f"chatcmpl-fake-{self.requests}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", self.model),
+            "choices": [choice],
+        }
+        if self.usage:
+            prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+            out["usage"] = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(words),
+                "total_tokens": prompt_tokens + len(words),
+            }
+        return out
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like real servers
+            # Headers and body go out in two writes; with Nagle on, delayed ACKs add ~40 ms to every answer.
+            disable_nagle_algorithm = True
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep test output clean
+
+            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout) before we answered
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+                    return
+                try:
+                    body = json.loads(raw or b"{}")
+                except json.JSONDecodeError:
+                    self._send(400, {"error": {"message": "bad json", "type": "invalid_request_error"}})
+                    return
+                auth = self.headers.get("Authorization", "")
+                with fake._lock:
+                    fake.requests += 1
+                    fake.bodies.append(body)
+                    fake.auth_headers.append(auth)
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    failure = fake._next_failure()
+                    if failure is not None:
+                        headers = {"Retry-After": fake.retry_after} if failure == 429 and fake.retry_after else {}
+                        err = {"message": fake.error_body(failure, auth), "type": "injected", "code": str(failure)}
+                        self._send(failure, {"error": err}, headers)
+                        return
+                    if fake.hang is not None and fake.hang(body.get("messages", [])):
+                        fake._stopping.wait(fake.hang_s)  # bounded, and cut short by stop()
+                    if fake.latency_s:
+                        time.sleep(fake.latency_s)
+                    self._send(200, fake._answer(body))
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
+
+        return Handler

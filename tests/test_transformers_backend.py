@@ -1,0 +1,183 @@
+"""TransformersBackend on a tiny random Llama: per-row seeded sampling, greedy, token counts, exact choice scoring,
+load errors and the ChatML fallback."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from teams_rl.errors import TeamsRLError
+from teams_rl.llm.base import GenerationRequest, SamplingParams, ScoreRequest
+from teams_rl.llm.transformers_backend import CHATML_TEMPLATE, TransformersBackend
+
+SAMPLED = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=10)
+GREEDY = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=10)
+
+
+def _msgs(text: str, system: str | None = None) -> tuple[dict, ...]:
+    head = ({"role": "system", "content": system},) if system else ()
+    return (*head, {"role": "user", "content": text})
+
+
+PROMPTS = [
+    _msgs("Hi"),
+    _msgs("Write a long and detailed essay about the history of the printing press in Europe, with dates."),
+    _msgs("Sort these numbers: 5, 3, 9, 1", system="You are terse."),
+    _msgs("Why is the sky blue?"),
+    _msgs("Translate 'good morning' into French, German, Spanish, Italian and Portuguese, one per line."),
+    _msgs("ok"),
+]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):
+    b = TransformersBackend(tiny_model_dir, batch_size=4, device="cpu")
+    b.load()
+    return b
+
+
+def _ids(backend, messages) -> list[int]:
+    enc = backend._tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+    return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+
+
+def test_row_seed_gives_same_text_alone_or_in_mixed_batch(backend):
+    reqs = [GenerationRequest(p, SAMPLED, seed=100 + i) for i, p in enumerate(PROMPTS)]
+    batched = backend.generate(reqs)  # 6 rows of mixed lengths, batch_size 4: padded, sorted, split
+    alone = [backend.generate([r])[0] for r in reqs]
+    assert [r.text for r in batched] == [r.text for r in alone]
+    assert [r.completion_tokens for r in batched] == [r.completion_tokens for r in alone]
+    # a different batch mate and order does not change a row either
+    pair = backend.generate([reqs[3], reqs[1]])
+    assert [r.text for r in pair] == [alone[3].text, alone[1].text]
+    assert all(r.text for r in batched)
+
+
+def test_same_seed_same_text_different_seeds_differ(backend):
+    prompt = PROMPTS[3]
+    reqs = [GenerationRequest(prompt, SAMPLED, seed=s) for s in (7, 7, 1, 2, 3, 4)]
+    out = [r.text for r in backend.generate(reqs)]
+    assert out[0] == out[1]
+    assert len(set(out[1:])) > 1  # several seeds, not all the same draw
+    assert backend.generate([reqs[0]])[0].text == out[0]
+
+
+def test_identical_requests_in_one_batch_sample_identically(backend):
+    req = GenerationRequest(PROMPTS[0], SAMPLED, seed=5)
+    out = backend.generate([req, req, req])
+    assert out[0].text == out[1].text == out[2].text
+
+
+def test_temperature_zero_is_greedy_and_deterministic(backend):
+    import torch
+
+    reqs = [GenerationRequest(PROMPTS[2], GREEDY, seed=s) for s in (1, 2)]
+    a, b = backend.generate(reqs)
+    assert a.text == b.text  # the seed does not matter when greedy
+    assert backend.generate([reqs[0]])[0].text == a.text
+
+    # greedy by hand: argmax of a plain forward, token by token
+    ids = _ids(backend, PROMPTS[2])
+    x = torch.tensor([ids])
+    new = []
+    with torch.inference_mode():
+        for _ in range(GREEDY.max_new_tokens):
+            nxt = int(backend._model(input_ids=x).logits[0, -1].argmax())
+            if nxt == backend._tokenizer.eos_token_id:
+                break
+            new.append(nxt)
+            x = torch.cat([x, torch.tensor([[nxt]])], dim=1)
+    assert a.text == backend._tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_finish_reason_length_and_token_counts(backend):
+    params = [SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=n) for n in (3, 7)]
+    reqs = [GenerationRequest(p, params[i % 2], seed=i) for i, p in enumerate(PROMPTS)]
+    out = backend.generate(reqs)
+    for req, res in zip(reqs, out, strict=True):
+        assert res.ok
+        assert res.completion_tokens <= req.sampling.max_new_tokens
+        assert res.prompt_tokens == len(_ids(backend, req.messages))
+        if res.finish_reason == "length":
+            assert res.completion_tokens == req.sampling.max_new_tokens
+        else:
+            assert res.finish_reason == "stop"
+    # a random 49k-vocab model almost never emits EOS within a few tokens
+    assert sum(r.finish_reason == "length" for r in out) >= len(out) - 1
+    assert backend.generate([]) == []
+
+
+def _hand_logprob(backend, messages, choice: str) -> float:
+    import torch
+
+    prompt = _ids(backend, messages)
+    choice_ids = backend._tokenizer(choice, add_special_tokens=False)["input_ids"]
+    x = torch.tensor([prompt + choice_ids])
+    with torch.inference_mode():
+        logp = torch.log_softmax(backend._model(input_ids=x).logits[0].float(), dim=-1)
+    return float(sum(logp[len(prompt) + k - 1, tok] for k, tok in enumerate(choice_ids)))
+
+
+def test_score_matches_hand_forward_and_ignores_batch(backend):
+    assert len(backend._tokenizer("Yes", add_special_tokens=False)["input_ids"]) == 1
+    assert len(backend._tokenizer("Absolutely certain", add_special_tokens=False)["input_ids"]) > 1
+    choices = ("Yes", "Absolutely certain", "No")
+    target = ScoreRequest(PROMPTS[1], choices)
+    expected = [_hand_logprob(backend, PROMPTS[1], c) for c in choices]
+    assert len(set(expected)) == 3
+
+    alone = backend.score([target])[0]
+    assert alone.ok and alone.prompt_tokens == len(_ids(backend, PROMPTS[1]))
+    assert alone.logprobs == pytest.approx(expected, abs=1e-4)
+
+    # with mates of other lengths and other choice lengths (different padding and logits_to_keep)
+    mates = [ScoreRequest(PROMPTS[0], ("10", "No")), ScoreRequest(PROMPTS[4], ("a much longer answer choice here",)),
+             ScoreRequest(PROMPTS[5], ("Yes",))]
+    batch = backend.score([mates[0], target, mates[1], mates[2]])
+    assert batch[1].logprobs == pytest.approx(expected, abs=1e-4)
+    assert batch[0].logprobs == pytest.approx([_hand_logprob(backend, PROMPTS[0], c) for c in ("10", "No")], abs=1e-4)
+    assert batch[2].logprobs == pytest.approx(
+        [_hand_logprob(backend, PROMPTS[4], "a much longer answer choice here")], abs=1e-4)
+    assert batch[3].logprobs == pytest.approx([_hand_logprob(backend, PROMPTS[5], "Yes")], abs=1e-4)
+    assert sum(alone.probs) == pytest.approx(1.0)
+
+
+def test_missing_local_path_names_the_field(tmp_path):
+    backend = TransformersBackend(str(tmp_path / "no-such-model"), field="rewriter_model")
+    with pytest.raises(TeamsRLError) as info:
+        backend.generate([GenerationRequest(PROMPTS[0], GREEDY)])
+    assert info.value.field == "rewriter_model"
+    assert "no-such-model" in str(info.value)
+
+
+def test_existing_folder_without_model_is_a_user_error(tmp_path):
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    backend = TransformersBackend(str(empty), field="expert_model")
+    with pytest.raises(TeamsRLError) as info:
+        backend.generate([GenerationRequest(PROMPTS[0], GREEDY)])
+    assert info.value.field == "expert_model"
+
+
+def test_folder_without_chat_template_falls_back_to_chatml(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, folder)
+    for leftover in folder.glob("chat_template.*"):
+        leftover.unlink()
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = None
+    tok.save_pretrained(folder)
+    for leftover in folder.glob("chat_template.*"):
+        leftover.unlink()
+    assert not AutoTokenizer.from_pretrained(folder).chat_template
+
+    backend = TransformersBackend(str(folder), batch_size=2, device="cpu")
+    messages = _msgs("Name three colours.", system="Be brief.")
+    res = backend.generate([GenerationRequest(messages, GREEDY)])[0]
+    assert backend._tokenizer.chat_template == CHATML_TEMPLATE
+    chatml = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nName three colours.<|im_end|>\n" \
+             "<|im_start|>assistant\n"
+    assert res.prompt_tokens == len(tok(chatml, add_special_tokens=False)["input_ids"])
+    assert Path(folder, "config.json").exists()
