@@ -137,7 +137,8 @@ class _Doc:
         return TeamsRLError(message, file=self.file, line=line, field=field)
 
     def text(self, data: dict, key: str, field: str, *, required: bool = True, one_line: bool = False) -> str:
-        value = data.get(key, "")
+        value = data.get(key)
+        value = "" if value is None else value  # "system:" left blank in YAML is null: the same as empty
         if not isinstance(value, str):
             raise self.error(f"must be a string, got {type(value).__name__}", field)
         if required and not value.strip():
@@ -153,8 +154,14 @@ class _Doc:
         except ValueError as exc:
             raise self.error(f"{exc}; write {{{{ and }}}} for literal braces", "template") from None
         for _, name, spec, conversion in parts:
-            if name is not None and (name not in allowed or spec or conversion):
+            if name is None:
+                continue
+            if name not in allowed:
                 raise self.error(f"unknown placeholder {{{name}}}; allowed: {', '.join(f'{{{a}}}' for a in allowed)}",
+                                 "template")
+            if spec or conversion:
+                written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise self.error(f"placeholder {written} takes no conversion or format spec; write {{{name}}}",
                                  "template")
         used = {p[1] for p in parts}
         for name in required:

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field, replace
 from teams_rl.actions import Action
 from teams_rl.llm.base import GenerationRequest, SamplingParams
 from teams_rl.llm.ledger import RoleClient
-from teams_rl.parsing import copies_template_words, is_only_punct_or_stopwords, is_refusal, parse_rewrite
+from teams_rl.parsing import (
+    copies_template_words,
+    format_rewrite,
+    is_only_punct_or_stopwords,
+    is_refusal,
+    parse_rewrite,
+)
 from teams_rl.reviewer import Review, Reviewer, ReviewItem
 
 # Why a rewrite is dropped. The first four are the paper's rules; the rest are failures of the call itself.
@@ -119,16 +125,18 @@ class EvolutionEnv:
             t = Transition(state, action, replace(state, step=state.step + 1), result.text,
                            finish_reason=result.finish_reason)
             t.eliminated = screen(instruction, result.finish_reason) if result.ok else LLM_ERROR
-            if t.eliminated is None and _normalise(instruction) == _normalise(state.instruction):
+            # an action that does not produce an input keeps the parent's
+            kept_input = new_input or state.input
+            if t.eliminated is None and _normalise(format_rewrite(instruction, kept_input)) == _normalise(
+                    format_rewrite(state.instruction, state.input)):
                 t.eliminated = NO_GAIN
             if t.eliminated is None:
-                # an action that does not produce an input keeps the parent's
-                kept_input = new_input or state.input
                 t.next_state = State(state.seed_id, instruction, kept_input, state.depth + 1, state.step + 1,
                                      (*state.actions, action), (*state.lineage, state.instruction))
                 survivors.append(t)
             transitions.append(t)
-        items = [ReviewItem(t.state.instruction, t.next_state.instruction, t.state.lineage,
+        items = [ReviewItem(format_rewrite(t.state.instruction, t.state.input),
+                            format_rewrite(t.next_state.instruction, t.next_state.input), t.state.lineage,
                             seed=derive_seed(self.run_seed, t.state.seed_id, t.state.step, "review"))
                  for t in survivors]
         for t, review in zip(survivors, self.reviewer.review(items), strict=True):

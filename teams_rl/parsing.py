@@ -21,7 +21,9 @@ _VERDICTS: tuple[tuple[str, bool], ...] = (
 )
 _VERDICT_RE = re.compile(r"\b(?:" + "|".join(f"({p})" for p, _ in _VERDICTS) + r")\b")
 _STRONG = {"yes", "no", "true", "false"}
-_LABEL_RE = re.compile(r"^\s*(?:final\s+)?(?:answer|verdict|judge?ment|decision|result|output|response)\s*[:=-]\s*")
+# "Answer: ...", and "Yes or No: ..." when a model echoes the question's format before answering
+_LABEL_RE = re.compile(r"^\s*(?:(?:final\s+)?(?:answer|verdict|judge?ment|decision|result|output|response)"
+                       r"|yes\s*(?:or|/)\s*no)\s*[:=-]\s*")
 _JSON_KEYS = ("answer", "verdict", "judgement", "judgment", "decision", "result", "label", "output",
               "score", "rating", "grade", "value")
 
@@ -84,6 +86,12 @@ _LABEL = r"\b(?:score|rating|rated?|grade|give\s+it|give\s+this|deserves?|assign
 _LABELLED_DIGIT_RE = re.compile(_LABEL + _NUMBER)
 _LABELLED_WORD_RE = re.compile(_LABEL + r"\b(" + "|".join(_WORDS) + r")\b")
 _ANY_RE = re.compile(_NUMBER + r"(?:\s*(?:/|out\s+of)\s*\d+(?:\.\d+)?)?")
+_DENOMINATOR_RE = re.compile(r"(?:/|\bout\s+of)\s*$")  # "out of 10, I'd give 7": the 10 is not the grade
+
+
+def _bare_scale_re(low: int, high: int) -> re.Pattern:
+    """The scale written bare, as in "Score 1-10: 7" or "On a 0-10 scale": its ends are not grades."""
+    return re.compile(rf"(?<![\d.])(?:0|{low})\s*(?:-|–|—|to)\s*{high}(?![\d.])")
 
 
 def parse_grade(text: str, low: int = 1, high: int = 10) -> float | None:
@@ -101,7 +109,7 @@ def parse_grade(text: str, low: int = 1, high: int = 10) -> float | None:
         return ok(value)
     if isinstance(value, str):
         text = value
-    clean = _SCALE_RE.sub(" ", text.lower())
+    clean = _bare_scale_re(low, high).sub(" ", _SCALE_RE.sub(" ", text.lower()))
     for m in _LABELLED_DIGIT_RE.finditer(clean):
         if (got := ok(float(m.group(1)))) is not None:
             return got
@@ -109,6 +117,8 @@ def parse_grade(text: str, low: int = 1, high: int = 10) -> float | None:
         if (got := ok(_WORDS[m.group(1)])) is not None:
             return got
     for m in _ANY_RE.finditer(clean):
+        if _DENOMINATOR_RE.search(clean[: m.start()]):
+            continue
         if (got := ok(float(m.group(1)))) is not None:
             return got
     return None
@@ -174,7 +184,13 @@ def format_rewrite(instruction: str, input: str = "") -> str:
 
 # ---------------------------------------------------------------- elimination rules
 
-_REFUSAL_RE = re.compile(r"\bsorry\b|\bi\s+(?:cannot|can't|can not)\b|\bas\s+an\s+ai\b", re.I)
+# "sorry" anywhere (the paper's rule); "I cannot" / "as an AI" only where they open a sentence or follow "but",
+# so instructions such as "Explain why I can't sleep" or "As an AI researcher would, ..." are not refusals.
+_REFUSAL_RE = re.compile(
+    r"\bsorry\b|(?:^|[.!?:;\n]|\b(?:but|however|unfortunately|sadly)\b)[\s,]*"
+    r"(?:i\s+(?:cannot|can't|can\s+not)\b|as\s+an\s+ai(?:\s+(?:language\s+model|model|assistant))?\s*(?:,|\bi\b))",
+    re.I,
+)
 _STOPWORD_TEXT = (
     "a an the and or but if then else of to in on at by for with from as is are was were be been being am do does "
     "did have has had i me my we our you your he she it its they them their this that these those there here what "

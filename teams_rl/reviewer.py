@@ -4,11 +4,12 @@ the reward is their weighted mean. Every score is a pure function of recorded te
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from teams_rl.errors import TeamsRLError
-from teams_rl.llm.base import GenerationRequest, SamplingParams, ScoreRequest
+from teams_rl.llm.base import GenerationRequest, SamplingParams, ScoreRequest, ScoreResult
 from teams_rl.llm.ledger import RoleClient
 from teams_rl.parsing import parse_grade, parse_judgement
 
@@ -16,6 +17,11 @@ logger = logging.getLogger(__name__)
 
 MODES = ("judge", "judge_logprob", "graded", "graded_logprob", "embedding")
 VERDICT = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=12)  # judges answer greedily and briefly
+
+
+def _ranked(result: ScoreResult) -> bool:
+    """A score the reviewer can use: the call succeeded and the model gave at least one choice a probability."""
+    return result.ok and any(math.isfinite(lp) for lp in result.logprobs)
 
 
 def parse_modes(text: str, field: str = "reviewer_modes") -> dict[str, float]:
@@ -26,10 +32,15 @@ def parse_modes(text: str, field: str = "reviewer_modes") -> dict[str, float]:
         name = name.strip()
         if name not in MODES:
             raise TeamsRLError(f"unknown reviewer mode '{name}' (choose from {', '.join(MODES)})", field=field)
+        if name in weights:
+            raise TeamsRLError(f"reviewer mode '{name}' is given twice", field=field)
         try:
-            weights[name] = float(weight) if weight else 1.0
+            value = float(weight) if weight else 1.0
         except ValueError:
-            raise TeamsRLError(f"weight of '{name}' must be a number, got '{weight}'", field=field) from None
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            raise TeamsRLError(f"weight of '{name}' must be a number >= 0, got '{weight}'", field=field)
+        weights[name] = value
     if not weights or sum(weights.values()) <= 0:
         raise TeamsRLError("give at least one reviewer mode with a positive weight", field=field)
     return weights
@@ -102,7 +113,8 @@ class Reviewer:
 
     def _gain(self, review: Review) -> bool | None:
         if "judge_logprob" in review.scores:
-            return review.scores["judge_logprob"] >= self.gain_threshold
+            p_yes = review.scores["judge_logprob"]
+            return None if p_yes is None else p_yes >= self.gain_threshold
         if "judge" in review.scores:
             return None if review.scores["judge"] is None else review.scores["judge"] >= 0.5
         if "embedding" in review.scores:
@@ -125,7 +137,7 @@ class Reviewer:
     def _judge_logprob(self, items):
         choices = tuple(self.judge_prompt.choices)
         results = self.client.score([ScoreRequest(self._judge_messages(it), choices, seed=it.seed) for it in items])
-        yes = [r.probs[0] if r.ok else None for r in results]
+        yes = [r.probs[0] if _ranked(r) else None for r in results]
         return yes, [v is None for v in yes]
 
     def _graded(self, items):
@@ -139,7 +151,7 @@ class Reviewer:
         results = self.client.score([ScoreRequest(self._graded_messages(it), choices, seed=it.seed) for it in items])
         values = []
         for r in results:
-            if not r.ok:
+            if not _ranked(r):
                 values.append(None)
                 continue
             expected = sum(p * int(c) for p, c in zip(r.probs, choices, strict=True))  # expected grade, 1..10

@@ -18,6 +18,9 @@ from teams_rl.errors import TeamsRLError
 logger = logging.getLogger(__name__)
 
 _FILE_LOADERS = (".json", ".jsonl", ".csv", ".parquet")
+# `dataset_name: builtin` names the 80 seeds shipped inside the package, wherever it is installed.
+BUILTIN = "builtin"
+BUILTIN_PATH = Path(__file__).parent / "data" / "seeds.jsonl"
 
 
 @dataclass(frozen=True)
@@ -229,14 +232,14 @@ def load_seeds(
     max_chars: int = 20_000,
     limit: int | None = None,
 ) -> list[Seed]:
-    """Read seed instructions from ``source``, mapping its columns onto :class:`Seed`.
+    """Read seed instructions from ``source`` (``"builtin"`` = the shipped seeds), mapping its columns onto :class:`Seed`.
 
     A missing or null input reads as ""; without an id column a row's id is a hash of its content, so ids stay
     stable when the file is reordered. Exact (instruction, input) duplicates are dropped with a warning (the first
     is kept); a repeated explicit id is an error. ``limit`` keeps the first N seeds after dedup, and rows beyond
     them are not read. The instruction is stripped; the input is kept verbatim unless it is all whitespace.
     """
-    source = str(source)
+    source = str(BUILTIN_PATH) if str(source) == BUILTIN else str(source)
     if limit is not None and limit < 1:
         raise TeamsRLError(f"limit must be at least 1, got {limit}", field="limit")
     seeds: list[Seed] = []

@@ -25,7 +25,7 @@ from teams_rl.models import upstream_id
 from teams_rl.parsing import is_only_punct_or_stopwords, is_refusal
 from teams_rl.policy import load_policy
 from teams_rl.reviewer import Reviewer, load_embedder, parse_modes
-from teams_rl.seeds import load_seeds, parse_shard, shard_seeds
+from teams_rl.seeds import BUILTIN, load_seeds, parse_shard, shard_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def synthesize(seed_args: SeedArguments, args: SynthesisArguments, expert_args, 
     run_dir = Path(args.output_dir)
     shard = parse_shard(args.shard) if args.shard else None
     out = run_dir / "dataset" if shard is None else run_dir / "shards" / f"{shard[0]}-of-{shard[1]}" / "dataset"
-    source = seed_args.dataset_name or "teams_rl/data/seeds.jsonl"
+    source = seed_args.dataset_name or BUILTIN
     seeds = load_seeds(source, instruction_column=seed_args.instruction_column,
                        input_column=seed_args.input_column, id_column=seed_args.id_column,
                        split=seed_args.dataset_train_split, limit=seed_args.max_seeds)

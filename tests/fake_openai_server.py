@@ -29,8 +29,11 @@ class FakeOpenAIServer:
     - ``failures``: a script consumed one entry per request received, in arrival order: an HTTP status (429 answers
       with ``Retry-After: <retry_after>``; any other status with an OpenAI-style error body) or ``None`` to answer
       normally. ``failures=[429, 500]`` fails the first two requests.
+    - ``fail(body) -> status | None``: fails every request it picks (checked after ``failures``), e.g. one prompt
+      that always gets a 500, or a 400 for any request that asks for logprobs.
     - ``hang(messages) -> bool``: such requests sleep ``hang_s`` (longer than the client's timeout) before answering;
       ``stop()`` wakes them, so hangs never outlive the server.
+    - ``content_filter(messages) -> bool``: such requests end with ``finish_reason="content_filter"`` and no content.
     - ``logprobs=False`` omits logprobs even when asked; ``top_logprobs(messages) -> [(token, logprob), ...]``.
     - ``usage=False`` omits the ``usage`` object.
     - ``error_body(status, auth_header) -> str``: the message of a scripted failure (default: a generic one).
@@ -43,9 +46,11 @@ class FakeOpenAIServer:
         reply: Callable[[Messages], str] | None = None,
         latency_s: float = 0.0,
         failures: Sequence[int | None] = (),
+        fail: Callable[[dict[str, Any]], int | None] | None = None,
         retry_after: str | None = "0",
         hang: Callable[[Messages], bool] | None = None,
         hang_s: float = 10.0,
+        content_filter: Callable[[Messages], bool] | None = None,
         logprobs: bool = True,
         top_logprobs: Callable[[Messages], list[tuple[str, float]]] | None = None,
         usage: bool = True,
@@ -55,9 +60,11 @@ class FakeOpenAIServer:
         self.reply = reply or (lambda messages: "ok")
         self.latency_s = latency_s
         self.failures = list(failures)
+        self.fail = fail
         self.retry_after = retry_after
         self.hang = hang
         self.hang_s = hang_s
+        self.content_filter = content_filter
         self.logprobs = logprobs
         self.top_logprobs = top_logprobs or (lambda messages: list(DEFAULT_TOP_LOGPROBS))
         self.usage = usage
@@ -107,9 +114,24 @@ class FakeOpenAIServer:
 
     # ------------------------------------------------------------------ request handling
 
-    def _next_failure(self) -> int | None:
+    def _next_failure(self, body: dict[str, Any]) -> int | None:
         with self._lock:
-            return self.failures.pop(0) if self.failures else None
+            if self.failures:
+                return self.failures.pop(0)
+        return self.fail(body) if self.fail is not None else None
+
+    def _respond(self, body: dict[str, Any], auth: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """(status, payload, headers) of one request, after any scripted failure, hang or latency."""
+        failure = self._next_failure(body)
+        if failure is not None:
+            headers = {"Retry-After": self.retry_after} if failure == 429 and self.retry_after else {}
+            error = {"message": self.error_body(failure, auth), "type": "injected", "code": str(failure)}
+            return failure, {"error": error}, headers
+        if self.hang is not None and self.hang(body.get("messages", [])):
+            self._stopping.wait(self.hang_s)  # bounded, and cut short by stop()
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        return 200, self._answer(body), {}
 
     def _answer(self, body: dict[str, Any]) -> dict[str, Any]:
         messages = body.get("messages", [])
@@ -118,9 +140,12 @@ class FakeOpenAIServer:
         max_tokens = body.get("max_tokens")
         if max_tokens is not None and len(words) > int(max_tokens):
             words, finish = words[: int(max_tokens)], "length"
+        content: str | None = " ".join(words)
+        if self.content_filter is not None and self.content_filter(messages):
+            words, content, finish = [], None, "content_filter"
         choice: dict[str, Any] = {
             "index": 0,
-            "message": {"role": "assistant", "content": " ".join(words)},
+            "message": {"role": "assistant", "content": content},
             "finish_reason": finish,
             "logprobs": None,
         }
@@ -196,19 +221,12 @@ class FakeOpenAIServer:
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 try:
-                    failure = fake._next_failure()
-                    if failure is not None:
-                        headers = {"Retry-After": fake.retry_after} if failure == 429 and fake.retry_after else {}
-                        err = {"message": fake.error_body(failure, auth), "type": "injected", "code": str(failure)}
-                        self._send(failure, {"error": err}, headers)
-                        return
-                    if fake.hang is not None and fake.hang(body.get("messages", [])):
-                        fake._stopping.wait(fake.hang_s)  # bounded, and cut short by stop()
-                    if fake.latency_s:
-                        time.sleep(fake.latency_s)
-                    self._send(200, fake._answer(body))
+                    status, payload, headers = fake._respond(body, auth)
                 finally:
+                    # Counted out before the answer is written: the client cannot start its next request while
+                    # this one still counts, so max_in_flight never over-reports.
                     with fake._lock:
                         fake.in_flight -= 1
+                self._send(status, payload, headers)
 
         return Handler

@@ -79,11 +79,13 @@ def test_unreadable_recipe_and_missing_recipe(tmp_path):
 
 def test_shipped_recipe_parses():
     from teams_rl.configs import parse_args
+    from teams_rl.seeds import load_seeds
     from teams_rl.synthesize import ARGUMENTS
 
     (seed_args, args, expert, reviewer, review), _ = parse_args(ARGUMENTS, ["--config", str(RECIPE)])
     assert args.policy == "random" and expert.expert_model == "smollm2-135m"
-    assert Path(ROOT / seed_args.dataset_name).exists()
+    assert seed_args.dataset_name == "builtin"
+    assert len(load_seeds(seed_args.dataset_name, limit=seed_args.max_seeds)) == seed_args.max_seeds
 
 
 def test_ledger_command_prints_roles(tmp_path, capsys):

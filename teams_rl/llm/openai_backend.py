@@ -12,7 +12,9 @@ import logging
 import math
 import os
 import random
+import re
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -28,6 +30,7 @@ _TOP_LOGPROBS = 20  # the most the OpenAI API (and vLLM's default max_logprobs) 
 _MAX_ERROR_CHARS = 200
 # Some servers return raw byte-level BPE / SentencePiece pieces instead of decoded text.
 _SPACE_MARKERS = str.maketrans({"\u0120": " ", "\u2581": " "})
+_ANSWER_STRIP = " \t\n\"'`*_.,:;!()[]"  # markdown and punctuation around a text answer ("**Yes.**")
 
 
 class _Fatal(Exception):
@@ -42,8 +45,11 @@ class OpenAIBackend:
     """Talks to an OpenAI-compatible ``/v1/chat/completions`` endpoint with the official ``openai`` client.
 
     The API key is read from the environment variable ``api_key_env`` on every call and is never stored on the
-    object, so it cannot leak through ``repr``, results or pickles. ``role`` (e.g. ``"instructor"``) only prefixes
-    the config field named in errors.
+    object, so it cannot leak through ``repr``, results or pickles; server messages that echo it are scrubbed.
+    ``role`` (e.g. ``"expert"``) prefixes the config field named in errors (``expert_base_url``).
+
+    Per-request failures (retries exhausted, timeouts, 4xx other than 401/403/404) come back as results with
+    ``error`` set. An unreachable server, a rejected key or a 404 raise ``TeamsRLError`` and stop the batch.
 
     Retries are ours, not the client's (it is built with ``max_retries=0``): the client also retries connection
     refusals (a wrong URL would then hang for seconds before failing), treats ``Retry-After: 0`` as "use the
@@ -66,11 +72,11 @@ class OpenAIBackend:
         role: str = "",
     ):
         if concurrency < 1:
-            raise TeamsRLError(f"concurrency must be at least 1, got {concurrency}", field=self._field(role, "concurrency"))
+            raise TeamsRLError(f"must be at least 1, got {concurrency}", field=_field(role, "batch_size"))
         if timeout_s <= 0:
-            raise TeamsRLError(f"timeout_s must be positive, got {timeout_s}", field=self._field(role, "timeout_s"))
+            raise TeamsRLError(f"must be positive, got {timeout_s}", field=_field(role, "timeout_s"))
         if max_retries < 0:
-            raise TeamsRLError(f"max_retries must be >= 0, got {max_retries}", field=self._field(role, "max_retries"))
+            raise TeamsRLError(f"must be >= 0, got {max_retries}", field=_field(role, "max_retries"))
         self.model_id = model
         self.base_url = base_url
         self.api_key_env = api_key_env
@@ -78,39 +84,33 @@ class OpenAIBackend:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.role = role
+        self._rng = random.Random()  # backoff jitter only; never the global RNG, whose draws callers may seed
+        self._warned_no_logprobs = False
 
     def __repr__(self) -> str:
         return (
-            f"OpenAIBackend(model={self.model_id!r}, base_url={self._url!r}, api_key_env={self.api_key_env!r}, "
-            f"concurrency={self.concurrency}, timeout_s={self.timeout_s}, max_retries={self.max_retries})"
+            f"OpenAIBackend(model={self.model_id!r}, base_url={self._where!r}, "
+            f"api_key_env={self.api_key_env!r}, concurrency={self.concurrency}, timeout_s={self.timeout_s}, "
+            f"max_retries={self.max_retries})"
         )
-
-    # ------------------------------------------------------------------ public API
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """One chat completion per request, ``concurrency`` at a time; results in request order."""
         if not requests:
             return []
-        return self._run_sync(lambda: self._batch(requests, self._generate_one))
+        return _run_sync(lambda: self._batch(requests, self._generate_one))
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        """Log-probability of each choice as the first answer token (see ``_choice_logprobs`` for the matching)."""
+        """Log-probability of each choice as the first answer token, from the server's ``top_logprobs``.
+
+        Several first tokens that spell the same choice (" Yes", "yes") add up; see ``_choice_logprobs``. When the
+        server returns no logprobs (or answers 400 to a request for them) the one-token greedy answer is matched
+        to the choices instead: matching choices get logprob 0 (probability 1, shared if several match), the rest
+        ``-inf``, and an answer matching no choice is a per-request error. A warning says when this happens.
+        """
         if not requests:
             return []
-        return self._run_sync(lambda: self._batch(requests, self._score_one))
-
-    # ------------------------------------------------------------------ sync/async bridge
-
-    @staticmethod
-    def _run_sync(make_coro: Callable[[], Awaitable[T]]) -> T:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(make_coro())
-        # asyncio.run refuses to nest inside a running loop (e.g. a notebook), so give the batch its own loop in a
-        # worker thread. The caller's loop blocks meanwhile, as with any synchronous call.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="openai-backend") as pool:
-            return pool.submit(lambda: asyncio.run(make_coro())).result()
+        return _run_sync(lambda: self._batch(requests, self._score_one))
 
     async def _batch(self, requests: Sequence[Any], one: Callable[..., Awaitable[T]]) -> list[T]:
         from openai import AsyncOpenAI
@@ -118,7 +118,8 @@ class OpenAIBackend:
         key = os.environ.get(self.api_key_env) or "EMPTY"  # local servers accept any key
         sem = asyncio.Semaphore(self.concurrency)
         stop = asyncio.Event()  # set on a fatal error so queued requests do not start
-        # The client's own retries are off (see the class docstring); its pool must not be the bottleneck.
+        # The client's own retries are off (see the class docstring); its pool (1000 connections) exceeds any
+        # sensible concurrency, so the semaphore alone sets how many requests are in flight.
         async with AsyncOpenAI(api_key=key, base_url=self._url, max_retries=0, timeout=self.timeout_s) as client:
             tasks = [asyncio.create_task(one(client, req, sem, stop, key)) for req in requests]
             try:
@@ -136,122 +137,76 @@ class OpenAIBackend:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    # ------------------------------------------------------------------ one request
-
-    async def _generate_one(
-        self, client: Any, req: GenerationRequest, sem: asyncio.Semaphore, stop: asyncio.Event, key: str
-    ) -> GenerationResult:
-        kwargs = {
-            "model": self.model_id,
-            "messages": [dict(m) for m in req.messages],
-            "temperature": req.sampling.temperature,
-            "top_p": req.sampling.top_p,
-            "max_tokens": req.sampling.max_new_tokens,
-            "seed": req.seed,
-        }
+    async def _generate_one(self, client, req: GenerationRequest, sem, stop, key: str) -> GenerationResult:
+        sampling = req.sampling
+        kwargs = self._body(
+            req, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens
+        )
         resp, error, latency = await self._call(client, kwargs, sem, stop, key)
+        if error is None and not getattr(resp, "choices", None):
+            error = "bad response: no choices"
         if error is not None:
             return GenerationResult(text="", finish_reason="error", latency_s=latency, error=error)
         prompt_tokens, completion_tokens = _usage(resp)
-        choices = getattr(resp, "choices", None) or []
-        if not choices:
-            return GenerationResult(text="", finish_reason="error", prompt_tokens=prompt_tokens,
-                                    latency_s=latency, error="bad response: no choices")
-        choice = choices[0]
-        text = (choice.message.content if choice.message is not None else None) or ""
-        # A missing finish_reason (some servers) on a non-empty answer means it simply ended.
-        finish = choice.finish_reason or "stop"
-        return GenerationResult(text=text, finish_reason=str(finish), prompt_tokens=prompt_tokens,
-                                completion_tokens=completion_tokens, latency_s=latency)
+        choice = resp.choices[0]
+        # content is null on a content_filter stop; a missing finish_reason (some servers) means it simply ended.
+        text = getattr(getattr(choice, "message", None), "content", None) or ""
+        finish = str(getattr(choice, "finish_reason", None) or "stop")
+        return GenerationResult(text, finish, prompt_tokens, completion_tokens, latency_s=latency)
 
-    async def _score_one(
-        self, client: Any, req: ScoreRequest, sem: asyncio.Semaphore, stop: asyncio.Event, key: str
-    ) -> ScoreResult:
-        kwargs = {
-            "model": self.model_id,
-            "messages": [dict(m) for m in req.messages],
-            "temperature": 0.0,
-            "max_tokens": 1,
-            "logprobs": True,
-            "top_logprobs": _TOP_LOGPROBS,
-            "seed": req.seed,
-        }
+    async def _score_one(self, client, req: ScoreRequest, sem, stop, key: str) -> ScoreResult:
+        kwargs = self._body(req, temperature=0.0, max_tokens=1, logprobs=True, top_logprobs=_TOP_LOGPROBS)
         resp, error, latency = await self._call(client, kwargs, sem, stop, key)
+        if error is not None and error.startswith("http 400") and "logprob" in error.lower():
+            # Servers and models without logprob support (e.g. reasoning models) refuse the request outright.
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("logprobs", "top_logprobs")}
+            resp, error, retry_latency = await self._call(client, kwargs, sem, stop, key)
+            latency += retry_latency
         n = len(req.choices)
+        if error is None and not getattr(resp, "choices", None):
+            error = "bad response: no choices"
         if error is not None:
             return ScoreResult(logprobs=[float("-inf")] * n, latency_s=latency, error=error)
         prompt_tokens, _ = _usage(resp)
-        choices = getattr(resp, "choices", None) or []
-        first = None
-        if choices and choices[0].logprobs is not None and choices[0].logprobs.content:
-            first = choices[0].logprobs.content[0]
-        if first is None:
-            raise _Fatal(TeamsRLError(
-                f"the server at {self._url} returned no logprobs; use the text judge mode ('judge') for this reviewer",
-                field=self._field(self.role, "mode"),
-            ))
-        candidates = [(first.token, first.logprob)] + [(t.token, t.logprob) for t in (first.top_logprobs or [])]
-        return ScoreResult(logprobs=_choice_logprobs(candidates, req.choices), prompt_tokens=prompt_tokens,
-                           latency_s=latency)
+        choice = resp.choices[0]
+        content = getattr(getattr(choice, "logprobs", None), "content", None)
+        if content:
+            first = content[0]
+            candidates = [(first.token, first.logprob)] + [(t.token, t.logprob) for t in (first.top_logprobs or [])]
+            logprobs = _choice_logprobs(candidates, req.choices)
+            return ScoreResult(logprobs=logprobs, prompt_tokens=prompt_tokens, latency_s=latency)
+        answer = getattr(getattr(choice, "message", None), "content", None) or ""
+        if not self._warned_no_logprobs:
+            self._warned_no_logprobs = True
+            log.warning("%s sent no logprobs: scoring by matching its one-token answer to the choices", self._where)
+        logprobs = _text_choice_logprobs(answer, req.choices)
+        error = None if any(lp == 0.0 for lp in logprobs) else f"no logprobs, and answer {answer[:40]!r} is no choice"
+        return ScoreResult(logprobs=logprobs, prompt_tokens=prompt_tokens, latency_s=latency, error=error)
 
-    async def _call(
-        self, client: Any, kwargs: dict[str, Any], sem: asyncio.Semaphore, stop: asyncio.Event, key: str
-    ) -> tuple[Any, str | None, float]:
+    async def _call(self, client, kwargs: dict[str, Any], sem, stop, key: str) -> tuple[Any, str | None, float]:
         """One completion with retries. Returns (response, None, latency) or (None, error, latency).
 
         Latency counts from the moment the request gets a concurrency slot (queueing behind the semaphore is not
         the server's time) to its last attempt, backoff sleeps included. The slot is held while backing off, which
         eases the load on a server that asked us to slow down.
         """
-        import openai
-
         async with sem:
             if stop.is_set():
                 raise asyncio.CancelledError
             t0 = time.perf_counter()
             attempt = 0
             while True:
-                retry_after: float | None = None
                 try:
                     # httpx timeouts bound each read, not the whole exchange; a trickling server could exceed them.
                     async with asyncio.timeout(self.timeout_s):
                         resp = await client.chat.completions.create(**kwargs)
                     return resp, None, time.perf_counter() - t0
-                except (openai.APITimeoutError, TimeoutError):
-                    error, retriable = "timeout", True
-                except openai.APIConnectionError as exc:
-                    if _is_unreachable(exc):
+                except Exception as exc:
+                    try:
+                        error, retriable, retry_after = self._classify(exc, key)
+                    except _Fatal:
                         stop.set()
-                        raise _Fatal(TeamsRLError(
-                            f"cannot reach the OpenAI-compatible server at {self._url} "
-                            f"({_cause_name(exc)}); is it running, and is the URL right?",
-                            field=self._field(self.role, "base_url"),
-                        )) from None
-                    # The connection broke mid-exchange (server restart, stale keep-alive): worth another try.
-                    error, retriable = f"connection error: {_cause_name(exc)}", True
-                except openai.APIStatusError as exc:
-                    status = exc.status_code
-                    message = _scrub(_status_message(exc), key)
-                    if status in (401, 403):
-                        stop.set()
-                        raise _Fatal(TeamsRLError(
-                            f"the server at {self._url} rejected the API key from ${self.api_key_env} (http {status})",
-                            field=self._field(self.role, "api_key_env"),
-                        )) from None
-                    if status == 404:
-                        stop.set()
-                        raise _Fatal(TeamsRLError(
-                            f"the server at {self._url} answered 404 for model {self.model_id!r}: check the model "
-                            f"name and that the base URL ends in /v1 ({message})",
-                            field=self._field(self.role, "model"),
-                        )) from None
-                    if status == 429:
-                        error, retriable = f"rate limited: {message}", True
-                        retry_after = _retry_after(exc.response.headers)
-                    else:
-                        error = f"http {status}: {message}"
-                        retriable = status >= 500 or status == 408
-                        retry_after = _retry_after(exc.response.headers) if retriable else None
+                        raise
                 if not retriable or attempt >= self.max_retries:
                     log.warning("%s request failed after %d attempt(s): %s", self.model_id, attempt + 1, error)
                     return None, error, time.perf_counter() - t0
@@ -260,45 +215,112 @@ class OpenAIBackend:
                 await asyncio.sleep(delay)
                 attempt += 1
 
+    def _classify(self, exc: Exception, key: str) -> tuple[str, bool, float | None]:
+        """(error, retriable, retry_after) of a failed attempt; raises ``_Fatal`` when the server is unusable."""
+        import openai
+
+        if isinstance(exc, openai.APITimeoutError | TimeoutError):
+            return f"timeout after {self.timeout_s:g}s", True, None
+        if isinstance(exc, openai.APIConnectionError):
+            if _is_unreachable(exc):
+                cause = " ".join(str(exc.__cause__).split())[:_MAX_ERROR_CHARS] or _cause_name(exc)
+                what = f"cannot reach the OpenAI-compatible server at {self._where} ({cause})"
+                raise self._fatal(f"{what}; is it running, and is the URL right?", "base_url") from None
+            # The connection broke mid-exchange (server restart, stale keep-alive): worth another try.
+            return f"connection error: {_cause_name(exc)}", True, None
+        if isinstance(exc, openai.APIStatusError):
+            status, message = exc.status_code, _scrub(_status_message(exc), key)
+            if status in (401, 403):
+                what = f"rejected the API key from ${self.api_key_env} (http {status})"
+                raise self._fatal(f"the server at {self._where} {what}", "api_key_env") from None
+            if status == 404:
+                # An unknown model names the model; an unknown route (base URL without /v1) does not.
+                what = f"answered 404 for model {self.model_id!r} ({message})"
+                named = re.search(rf"(?<![\w.-]){re.escape(self.model_id)}(?![\w.-])", message)
+                field = "model" if named else "base_url"
+                raise self._fatal(f"the server at {self._where} {what}", field) from None
+            retriable = status in (408, 409, 429) or status >= 500
+            retry_after = _retry_after(exc.response.headers) if retriable else None
+            return f"{'rate limited' if status == 429 else f'http {status}'}: {message}", retriable, retry_after
+        if isinstance(exc, openai.APIError):  # e.g. a 200 whose body the client could not read
+            return f"bad response: {_scrub(' '.join(str(exc).split()), key)[:_MAX_ERROR_CHARS]}", False, None
+        raise exc
+
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.backoff_cap_s)
-        return min(self.backoff_base_s * 2.0 ** min(attempt, 30), self.backoff_cap_s) * random.uniform(0.5, 1.0)
+        return min(self.backoff_base_s * 2.0 ** min(attempt, 30), self.backoff_cap_s) * self._rng.uniform(0.5, 1.0)
 
-    # ------------------------------------------------------------------ helpers
+    def _body(self, req: GenerationRequest | ScoreRequest, **params: Any) -> dict[str, Any]:
+        return {"model": self.model_id, "messages": [dict(m) for m in req.messages], "seed": req.seed, **params}
 
     @property
     def _url(self) -> str:
         return self.base_url or os.environ.get("OPENAI_BASE_URL") or _DEFAULT_BASE_URL
 
-    @staticmethod
-    def _field(role: str, name: str) -> str:
-        return f"{role}_{name}" if role else name
+    @property
+    def _where(self) -> str:
+        return _shown(self._url)
+
+    def _fatal(self, message: str, field: str) -> _Fatal:
+        # A one-line user error naming the config field to fix; messages name the server but never the key.
+        return _Fatal(TeamsRLError(message, field=_field(self.role, field)))
+
+
+def _field(role: str, name: str) -> str:
+    return f"{role}_{name}" if role else name
+
+
+def _run_sync(make_coro: Callable[[], Awaitable[T]]) -> T:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coro())
+    # asyncio.run refuses to nest inside a running loop (e.g. a notebook), so give the batch its own loop in a
+    # worker thread. The caller's loop blocks meanwhile, as with any synchronous call.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="openai-backend") as pool:
+        return pool.submit(lambda: asyncio.run(make_coro())).result()
 
 
 def _choice_logprobs(candidates: Sequence[tuple[str, float]], choices: Sequence[str]) -> list[float]:
-    """Each choice's logprob = the best among candidate first tokens that are a non-empty prefix of it.
+    """Each choice's logprob = log of the summed probability of the distinct first tokens that spell it.
 
-    Matching ignores case and surrounding whitespace, so " Yes", "yes" and "Y" all count for "Yes". Only the first
-    token is scored, so choices that share a first token are ambiguous: with choices "1" and "10" the token "1"
-    counts for both. That is acceptable for the short labels judges use (Yes/No, A-D, single digits).
+    Matching ignores case and surrounding whitespace, so " Yes", "yes" and "Y" all count for "Yes". A token equal
+    to some choice counts for that choice only; otherwise it counts for every choice it is a prefix of. So with
+    choices "1" and "10" the token "1" is "1", and "10" scores only if the tokenizer has "10" as one token.
     """
-    normed = [(tok.translate(_SPACE_MARKERS).strip().lower(), lp) for tok, lp in candidates]
-    out = []
-    for choice in choices:
-        target = choice.strip().lower()
-        best = float("-inf")
-        for tok, lp in normed:
-            if tok and target.startswith(tok) and lp is not None and not math.isnan(lp):
-                best = max(best, float(lp))
-        out.append(best)
-    return out
+    distinct: dict[str, float] = {}  # the sampled token usually reappears in top_logprobs: count it once
+    for tok, lp in candidates:
+        if tok is not None and lp is not None and not math.isnan(lp):
+            distinct.setdefault(tok, float(lp))
+    targets = [c.strip().lower() for c in choices]
+    mass: list[list[float]] = [[] for _ in choices]
+    for tok, lp in distinct.items():
+        norm = tok.translate(_SPACE_MARKERS).strip().lower()
+        if not norm:
+            continue
+        exact = [i for i, t in enumerate(targets) if t == norm]
+        for i in exact or [i for i, t in enumerate(targets) if t.startswith(norm)]:
+            mass[i].append(lp)
+    return [_logsumexp(lps) for lps in mass]
+
+
+def _text_choice_logprobs(answer: str, choices: Sequence[str]) -> list[float]:
+    """The no-logprobs fallback: 0.0 for choices the answer spells (exactly, else as a prefix), ``-inf`` for others."""
+    norm = answer.translate(_SPACE_MARKERS).strip(_ANSWER_STRIP).lower()
+    targets = [c.strip().lower() for c in choices]
+    hits = {i for i, t in enumerate(targets) if norm and t == norm}
+    hits = hits or {i for i, t in enumerate(targets) if norm and t and (t.startswith(norm) or norm.startswith(t))}
+    return [0.0 if i in hits else float("-inf") for i in range(len(choices))]
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    top = max(values, default=float("-inf"))
+    return top if top == float("-inf") else top + math.log(sum(math.exp(v - top) for v in values))
 
 
 def _usage(resp: Any) -> tuple[int, int]:
-    usage = getattr(resp, "usage", None)
-    if usage is None:
-        return 0, 0
+    usage = getattr(resp, "usage", None)  # some servers send none
     return int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)
 
 
@@ -309,8 +331,7 @@ def _is_unreachable(exc: Exception) -> bool:
 
 
 def _cause_name(exc: Exception) -> str:
-    cause = exc.__cause__
-    return type(cause).__name__ if cause is not None else type(exc).__name__
+    return type(exc.__cause__ or exc).__name__
 
 
 def _status_message(exc: Any) -> str:
@@ -323,9 +344,15 @@ def _status_message(exc: Any) -> str:
 
 def _scrub(text: str, key: str) -> str:
     # Servers echo keys back in auth errors ("Incorrect API key provided: sk-..."); never pass them on.
-    if key and key != "EMPTY" and key in text:
-        text = text.replace(key, "***")
-    return text
+    return text.replace(key, "***") if key and key != "EMPTY" else text
+
+
+def _shown(url: str) -> str:
+    """The URL for messages, without any ``user:password@`` part."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def _retry_after(headers: Any) -> float | None:
