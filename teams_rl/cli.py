@@ -41,7 +41,7 @@ def run_stage(fn: Callable[[list[str]], object], argv: list[str] | None = None) 
 def _setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("TEAMS_RL_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "httpcore", "openai", "sentence_transformers", "datasets", "urllib3"):
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "sentence_transformers", "datasets", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
