@@ -23,6 +23,20 @@ def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it over ``path``: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []

@@ -15,7 +15,7 @@ from trl import ScriptArguments
 from teams_rl.actions import load_actions
 from teams_rl.chat import to_messages
 from teams_rl.configs import parse_args, role_arguments, role_settings, to_yaml
-from teams_rl.dataset_io import write_dataset
+from teams_rl.dataset_io import atomic_write_text, write_dataset
 from teams_rl.env import EMPTY, LLM_ERROR, REFUSAL, TRUNCATED, EvolutionEnv, State, Transition, derive_seed
 from teams_rl.errors import BudgetExhausted, TeamsRLError
 from teams_rl.llm.base import GenerationRequest
@@ -107,11 +107,7 @@ def synthesize(seed_args: SeedArguments, args: SynthesisArguments, expert_args, 
     weights = parse_modes(review_args.reviewer_modes)
     policy = load_policy(args.policy, list(actions), run_seed=args.seed)
 
-    (run_dir / "config").mkdir(parents=True, exist_ok=True)
-    suffix = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
-    (run_dir / "config" / f"synthesize{suffix}.yaml").write_text(
-        to_yaml(seed_args, args, expert_args, reviewer_args, review_args), encoding="utf-8")
-
+    run_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(run_dir / "ledger.sqlite")
     pool = BackendPool()
     expert = role_settings(expert_args, "expert")
@@ -163,6 +159,10 @@ def synthesize(seed_args: SeedArguments, args: SynthesisArguments, expert_args, 
         "wall_s": time.perf_counter() - began, "lineage": lineage,
     }
     write_dataset(out, rows, rejected, summary)
+    # The resolved recipe sits next to what it produced; written last so a failed run never replaces it.
+    suffix = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
+    atomic_write_text(run_dir / "config" / f"synthesize{suffix}.yaml",
+                      to_yaml(seed_args, args, expert_args, reviewer_args, review_args))
     return summary
 
 

@@ -117,3 +117,26 @@ def test_summary_json_is_valid(tmp_path):
     rows, rejected, summary = load_rows(tmp_path / "d")
     assert rows == [{"id": "a/1", "instruction": "x"}] and rejected == [] and summary == {"rows": 1}
     json.loads((tmp_path / "d" / "summary.json").read_text())
+
+
+def test_unreachable_server_is_one_line_and_keeps_the_previous_dataset(tmp_path):
+    import socket
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"instruction": "Say hi."}\n', encoding="utf-8")
+    out = tmp_path / "run"
+    dataset = out / "dataset"
+    dataset.mkdir(parents=True)
+    (dataset / "rows.jsonl").write_text('{"id": "earlier"}\n', encoding="utf-8")
+    (out / "config").mkdir()
+    (out / "config" / "synthesize.yaml").write_text("earlier: true\n", encoding="utf-8")
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"dataset_name: {seeds}\noutput_dir: {out}\nexpert_backend: openai\nexpert_model: m\n"
+                      f"expert_base_url: http://127.0.0.1:{port}/v1\nreviewer_modes: embedding\n", encoding="utf-8")
+    line = _error_line(cli("synthesize", "--config", str(recipe)))
+    assert f"{recipe}:5: expert_base_url:" in line and f"127.0.0.1:{port}" in line
+    assert (dataset / "rows.jsonl").read_text(encoding="utf-8") == '{"id": "earlier"}\n'
+    assert (out / "config" / "synthesize.yaml").read_text(encoding="utf-8") == "earlier: true\n"
