@@ -16,8 +16,8 @@ install-dev: install
 	$(PIP) install -q -e ".[dev]"
 
 demo: install  ## synthesis on the default recipe with the embedded model
-	teams-rl synthesize --config recipes/smollm2-135m/synthesize/config_random.yaml
-	teams-rl ledger runs/smollm2-135m-random
+	$(PYTHON) -m teams_rl.cli synthesize --config recipes/smollm2-135m/synthesize/config_random.yaml
+	$(PYTHON) -m teams_rl.cli ledger runs/smollm2-135m-random
 
 test: install-dev  ## the fast suite (what CI runs)
 	$(PYTHON) -m pytest -m "not slow" -q
