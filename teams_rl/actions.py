@@ -235,8 +235,11 @@ def load_actions(folder: str | Path | None = None, names: Sequence[str] | None =
     return [by_name[n] for n in names]
 
 
-def load_prompt(name: str, folder: str | Path | None = None) -> PromptSpec:
-    """A reviewer prompt: ``judge``/``graded`` from the package's prompts/reviewer, or a path to a YAML file."""
+def load_prompt(name: str, folder: str | Path | None = None, placeholders: Sequence[str] = ("original", "rewrite"),
+                required: Sequence[str] = ("rewrite",)) -> PromptSpec:
+    """A prompt file: ``judge``/``graded`` from the package's prompts/reviewer (or ``folder``), or a YAML path.
+
+    ``placeholders`` are the names its template may use and ``required`` those it must use."""
     root = Path(folder) if folder is not None else PROMPTS_DIR / "reviewer"
     path = Path(name) if name.endswith((".yaml", ".yml")) else root / f"{name}.yaml"
     if not path.is_file():
@@ -250,5 +253,5 @@ def load_prompt(name: str, folder: str | Path | None = None) -> PromptSpec:
         raise doc.error("choices must be distinct", "choices")
     return PromptSpec(name=str(doc.data.get("name") or path.stem),
                       system=doc.text(doc.data, "system", "system", required=False).strip(),
-                      template=doc.template(("original", "rewrite"), ("rewrite",)),
+                      template=doc.template(tuple(placeholders), tuple(required)),
                       choices=tuple(str(c) for c in choices), source=doc.file)

@@ -18,6 +18,7 @@ from teams_rl import __version__  # noqa: E402
 from teams_rl.errors import TeamsRLError  # noqa: E402
 
 STAGES = {
+    "train-policy": "Train the instructor policy (PPO, GRPO or the classic MLP) against the reviewer's reward.",
     "synthesize": "Evolve seed instructions with a policy, answer them with the expert, write a dataset.",
     "merge": "Join synthesis shards (--shard i/N) into one dataset with no duplicates.",
     "ledger": "Print the LLM calls, tokens and latency per role recorded in a run folder.",
@@ -59,6 +60,14 @@ def _synthesize(argv: list[str]) -> None:
         console.print(f"dataset written to [bold]{summary['dataset']}[/bold]")
 
 
+def _train_policy(argv: list[str]) -> None:
+    from teams_rl.policy.train import main
+
+    folder = main(argv)
+    if folder is not None:
+        print(f"policy saved to {folder}; use it with: teams-rl synthesize --policy {folder} ...")
+
+
 def _merge(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="teams-rl merge", description=STAGES["merge"])
     parser.add_argument("run_dir", help="Run folder; the merged dataset goes to RUN_DIR/dataset.")
@@ -85,7 +94,7 @@ def _ledger(argv: list[str]) -> None:
     print_ledger(args.run_dir)
 
 
-HANDLERS = {"synthesize": _synthesize, "merge": _merge, "ledger": _ledger}
+HANDLERS = {"train-policy": _train_policy, "synthesize": _synthesize, "merge": _merge, "ledger": _ledger}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from teams_rl.errors import TeamsRLError
@@ -44,25 +45,16 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def write_dataset(folder: str | Path, rows: Sequence[dict], rejected: Sequence[dict], summary: dict) -> Path:
-    """Write ``folder`` as a complete unit: ``datasets`` files (``load_from_disk``), ``rows.jsonl``,
-    ``rejected.jsonl`` and ``summary.json``.
-
-    Everything is built in a temp folder beside the target and renamed into place, so a crash at any moment
-    leaves either the previous complete folder or the new one, never a mix.
-    """
-    import datasets
-
+@contextmanager
+def atomic_folder(folder: str | Path) -> Iterator[Path]:
+    """Build a folder in a temp folder beside ``folder`` and swap it in on success: a crash at any moment leaves
+    either the previous complete folder or the new one, never a mix. Yields the temp folder to write into."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     _recover(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        table = datasets.Dataset.from_list(list(rows)) if rows else datasets.Dataset.from_dict({"id": []})
-        table.save_to_disk(str(tmp))
-        _write_jsonl(tmp / ROWS_FILE, rows)
-        _write_jsonl(tmp / REJECTED_FILE, rejected)
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+        yield tmp
         old = folder.parent / f".{folder.name}.old-{os.getpid()}"
         if folder.exists():
             os.rename(folder, old)
@@ -70,7 +62,20 @@ def write_dataset(folder: str | Path, rows: Sequence[dict], rejected: Sequence[d
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+
+def write_dataset(folder: str | Path, rows: Sequence[dict], rejected: Sequence[dict], summary: dict) -> Path:
+    """Write ``folder`` as a complete unit (see ``atomic_folder``): ``datasets`` files (``load_from_disk``),
+    ``rows.jsonl``, ``rejected.jsonl`` and ``summary.json``."""
+    import datasets
+
+    with atomic_folder(folder) as tmp:
+        table = datasets.Dataset.from_list(list(rows)) if rows else datasets.Dataset.from_dict({"id": []})
+        table.save_to_disk(str(tmp))
+        _write_jsonl(tmp / ROWS_FILE, rows)
+        _write_jsonl(tmp / REJECTED_FILE, rejected)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    return Path(folder)
 
 
 def _recover(folder: Path) -> None:

@@ -50,6 +50,9 @@ class SynthesisArguments:
     output_dir: str = field(default="runs/synthesis", metadata={"help": "Run folder (ledger, config, dataset)."})
     seed: int = field(default=42, metadata={"help": "Run seed; each request's seed = f(run seed, row id, step)."})
     policy: str = field(default="random", metadata={"help": "'random' (Evol-Instruct) or a trained policy folder."})
+    policy_sample: bool = field(default=False, metadata={"help": "Trained policy: sample actions (seeded per row) "
+                                                                  "instead of taking the most likely one."})
+    policy_temperature: float = field(default=1.0, metadata={"help": "Trained policy: sampling temperature."})
     actions: str | None = field(default=None, metadata={"help": "Comma-separated subset of actions (default: all)."})
     depth: int = field(default=3, metadata={"help": "Evolution steps per seed; every kept step becomes a row."})
     rewrite_max_new_tokens: int = field(default=160, metadata={"help": "Longest rewrite the expert may write."})
@@ -105,7 +108,8 @@ def synthesize(seed_args: SeedArguments, args: SynthesisArguments, expert_args, 
     names = [n.strip() for n in args.actions.split(",")] if args.actions else None
     actions = {a.name: a for a in load_actions(names=names)}
     weights = parse_modes(review_args.reviewer_modes)
-    policy = load_policy(args.policy, list(actions), run_seed=args.seed)
+    policy = load_policy(args.policy, list(actions.values()), run_seed=args.seed, sample=args.policy_sample,
+                         temperature=args.policy_temperature)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(run_dir / "ledger.sqlite")

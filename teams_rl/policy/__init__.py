@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from teams_rl.actions import Action
 from teams_rl.env import State
 from teams_rl.errors import TeamsRLError
 
@@ -18,11 +19,25 @@ class Policy(Protocol):
     def select(self, states: Sequence[State]) -> list[str]: ...
 
 
-def load_policy(ref: str, actions: Sequence[str], run_seed: int = 0) -> Policy:
-    """``random`` (the Evol-Instruct baseline) or a trained policy folder."""
+def load_policy(ref: str, actions: Sequence[Action], run_seed: int = 0, *, sample: bool = False,
+                temperature: float = 1.0) -> Policy:
+    """``random`` (the Evol-Instruct baseline) or a policy folder written by ``teams-rl train-policy``.
+
+    ``sample`` draws trained policies' actions (seeded per state) instead of taking the most likely one.
+    """
     if ref == "random":
         from teams_rl.policy.random import RandomPolicy
 
-        return RandomPolicy(actions, run_seed)
-    raise TeamsRLError(f"unknown policy '{ref}': only 'random' is available until a policy is trained "
-                       "(teams-rl train-policy)", field="policy")
+        return RandomPolicy([a.name for a in actions], run_seed)
+    from teams_rl.policy.instructor import read_policy_meta
+
+    kind = read_policy_meta(ref).get("kind")
+    if kind == "instructor":
+        from teams_rl.policy.instructor import InstructorPolicy
+
+        return InstructorPolicy(ref, actions, sample=sample, temperature=temperature, run_seed=run_seed)
+    if kind == "classic":
+        from teams_rl.policy.classic import ClassicPolicy
+
+        return ClassicPolicy.load(ref, actions, sample=sample, run_seed=run_seed)
+    raise TeamsRLError(f"policy folder '{ref}' has unknown kind '{kind}'", field="policy")
