@@ -1,0 +1,284 @@
+"""The original TeaMs-RL policy: a small MLP over the six actions trained with TRPO, torch only.
+
+The state is the last kept action (one-hot) and the depth, as in the original code; ``state_features: embedding``
+adds a MiniLM embedding of the current instruction so this cheap policy can also read the text.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from tqdm.auto import tqdm
+
+from teams_rl.dataset_io import atomic_folder
+from teams_rl.env import State, derive_seed
+from teams_rl.errors import BudgetExhausted, TeamsRLError
+from teams_rl.policy.instructor import read_policy_meta, write_policy_meta
+from teams_rl.reviewer import load_embedder
+
+logger = logging.getLogger(__name__)
+WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class ClassicConfig:
+    """The classic policy's run and TRPO settings (defaults: the original code's)."""
+
+    output_dir: str = field(default="runs/classic", metadata={"help": "Run folder (ledger, config, policy/, plots/)."})
+    seed: int = field(default=42, metadata={"help": "Run seed: network init, action sampling, rewriter seeds."})
+    iterations: int = field(default=50, metadata={"help": "TRPO updates."})
+    rollout_steps: int = field(default=6, metadata={"help": "Env steps per update; each step acts in every episode "
+                                                              "slot, so an update sees rollout_steps x slots moves."})
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64], metadata={"help": "MLP hidden layers."})
+    max_kl: float = field(default=0.01, metadata={"help": "TRPO trust region: largest mean KL(old || new)."})
+    damping: float = field(default=0.1, metadata={"help": "Added to the Fisher matrix (F + damping I)."})
+    cg_iters: int = field(default=10, metadata={"help": "Conjugate-gradient steps to solve F x = g."})
+    gamma: float = field(default=0.995, metadata={"help": "Discount."})
+    lam: float = field(default=0.97, metadata={"help": "GAE lambda."})
+    value_lr: float = field(default=1e-3, metadata={"help": "Value MLP learning rate (Adam)."})
+    value_iters: int = field(default=20, metadata={"help": "Value MLP gradient steps per update."})
+    state_features: str = field(default="last_action", metadata={
+        "help": "last_action (the original: one-hot of the last action + depth) or embedding (also a sentence "
+                "embedding of the current instruction)."})
+    state_embedding_model: str = field(default="minilm", metadata={"help": "Embedder of state_features: embedding."})
+    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard (under <output_dir>/tensorboard) "
+                                                                     "or none."})
+    logging_steps: int = field(default=1, metadata={"help": "Log every N updates."})
+
+
+CONFIG_CLASSES = (ClassicConfig,)
+
+
+def run_settings(config: ClassicConfig):
+    """(run folder, seed, instructor model): there is no instructor LLM, so the recipe must name the rewriter."""
+    return config.output_dir, config.seed, None
+
+
+class Features:
+    """State → vector: one-hot of the last kept action (or 'none'), depth / max depth, optionally an embedding."""
+
+    def __init__(self, names: Sequence[str], depth: int, mode: str, embedder=None):
+        if mode not in ("last_action", "embedding"):
+            raise TeamsRLError(f"unknown state_features '{mode}' (last_action or embedding)", field="state_features")
+        self.names, self.depth, self.mode, self.embedder = list(names), max(1, depth), mode, embedder
+        self._cache: dict[str, torch.Tensor] = {}  # seeds come back every episode: embed each text once
+        self.size = len(self.names) + 2 + (len(embedder.encode("probe")) if embedder else 0)
+
+    def __call__(self, states: Sequence[State]) -> torch.Tensor:
+        x = torch.zeros(len(states), len(self.names) + 2)
+        for i, s in enumerate(states):
+            last = s.actions[-1] if s.actions else None
+            x[i, self.names.index(last) if last in self.names else len(self.names)] = 1.0
+            x[i, -1] = s.depth / self.depth
+        if self.mode == "last_action":
+            return x
+        new = list(dict.fromkeys(s.instruction for s in states if s.instruction not in self._cache))
+        if new:
+            vectors = self.embedder.encode(new, normalize_embeddings=True, convert_to_tensor=True,
+                                           show_progress_bar=False)
+            self._cache.update(zip(new, vectors.float().cpu(), strict=True))
+        return torch.cat([x, torch.stack([self._cache[s.instruction] for s in states])], dim=1)
+
+
+def mlp(sizes: Sequence[int], out_scale: float = 1.0) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.Tanh()]
+    last = layers[-2]
+    with torch.no_grad():  # a small last layer starts the policy near uniform
+        last.weight.mul_(out_scale)
+        last.bias.zero_()
+    return nn.Sequential(*layers[:-1])
+
+
+def gae(rewards, values, dones, last_values, gamma: float, lam: float):
+    """Generalised advantage estimates and returns for ``[T, slots]`` tensors; ``dones[t]``: episode ended at t."""
+    adv, running = torch.zeros_like(rewards), torch.zeros_like(last_values)
+    for t in reversed(range(len(rewards))):
+        following = last_values if t == len(rewards) - 1 else values[t + 1]
+        alive = 1.0 - dones[t]
+        delta = rewards[t] + gamma * following * alive - values[t]
+        running = delta + gamma * lam * alive * running
+        adv[t] = running
+    return adv, adv + values
+
+
+def flat_grad(y, params, **kwargs) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(y, params, **kwargs)])
+
+
+def conjugate_gradient(matvec, b: torch.Tensor, iters: int) -> torch.Tensor:
+    """Solve ``A x = b`` with ``iters`` CG steps, ``A`` given only through ``matvec``."""
+    x, r, p = torch.zeros_like(b), b.clone(), b.clone()
+    rr = r @ r
+    for _ in range(iters):
+        ap = matvec(p)
+        alpha = rr / (p @ ap)
+        x, r = x + alpha * p, r - alpha * ap
+        new_rr = r @ r
+        if new_rr < 1e-10:
+            break
+        p, rr = r + (new_rr / rr) * p, new_rr
+    return x
+
+
+def trpo_step(policy: nn.Module, obs, actions, adv, cfg: ClassicConfig) -> dict[str, float]:
+    """One TRPO update: natural-gradient direction by CG on the Fisher-vector product, then a backtracking line
+    search that accepts the first step which improves the surrogate and keeps mean KL <= max_kl."""
+    params = list(policy.parameters())
+    with torch.no_grad():
+        old_logp = torch.log_softmax(policy(obs), -1)
+    old_taken = old_logp.gather(1, actions[:, None]).squeeze(1)
+
+    def surrogate():
+        logp = torch.log_softmax(policy(obs), -1).gather(1, actions[:, None]).squeeze(1)
+        return (torch.exp(logp - old_taken) * adv).mean()
+
+    def kl():
+        return (old_logp.exp() * (old_logp - torch.log_softmax(policy(obs), -1))).sum(-1).mean()
+
+    g = flat_grad(surrogate(), params)
+    entropy = -(old_logp.exp() * old_logp).sum(-1).mean().item()
+    if not torch.isfinite(g).all() or g.norm() < 1e-10:  # all advantages equal: nothing to learn
+        return {"kl": 0.0, "improvement": 0.0, "step_fraction": 0.0, "entropy": entropy}
+    grad_kl = flat_grad(kl(), params, create_graph=True)
+
+    def fisher_vector(v):
+        return flat_grad(grad_kl @ v, params, retain_graph=True) + cfg.damping * v
+
+    direction = conjugate_gradient(fisher_vector, g, cfg.cg_iters)
+    full_step = direction * torch.sqrt(2 * cfg.max_kl / (direction @ fisher_vector(direction)).clamp_min(1e-12))
+    old_params = parameters_to_vector(params).detach()
+    with torch.no_grad():
+        before = surrogate().item()
+        for k in range(10):
+            fraction = 0.5**k
+            vector_to_parameters(old_params + fraction * full_step, params)
+            improvement, divergence = surrogate().item() - before, kl().item()
+            if improvement > 0 and divergence <= cfg.max_kl:
+                return {"kl": divergence, "improvement": improvement, "step_fraction": fraction, "entropy": entropy}
+        vector_to_parameters(old_params, params)
+    return {"kl": 0.0, "improvement": 0.0, "step_fraction": 0.0, "entropy": entropy}
+
+
+def train(setup, config: ClassicConfig) -> Path:
+    """Roll out the MLP policy over the episode pool, update it with TRPO, save it to ``<output_dir>/policy``."""
+    names = [a.name for a in setup.actions]
+    embedder = load_embedder(config.state_embedding_model) if config.state_features == "embedding" else None
+    features = Features(names, setup.policy_args.depth, config.state_features, embedder)
+    with torch.random.fork_rng():  # seeded init without touching the global RNG
+        torch.manual_seed(config.seed)
+        policy = mlp([features.size, *config.hidden_sizes, len(names)], out_scale=0.1)
+        value = mlp([features.size, *config.hidden_sizes, 1])
+    value_opt = torch.optim.Adam(value.parameters(), lr=config.value_lr)
+    gen = torch.Generator().manual_seed(derive_seed(config.seed, "classic", "actions"))
+    reward = setup.reward(lambda a: a)  # the MLP names actions directly: nothing to parse
+    slots = list(range(len(setup.pool)))
+    writer = None
+    if config.report_to == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(setup.run_dir / "tensorboard"))
+    per_update: list[float] = []
+    bar = tqdm(range(config.iterations), desc="classic", unit="update")
+    try:
+        for it in bar:
+            steps = []
+            for _ in range(config.rollout_steps):  # one batched env.step for all slots per step
+                x = features([setup.pool.state(i) for i in slots])
+                with torch.no_grad():
+                    a = torch.multinomial(torch.softmax(policy(x), -1), 1, generator=gen).squeeze(1)
+                r = torch.tensor(reward(slots, [names[i] for i in a]))
+                done = torch.tensor([float(setup.pool.state(i).step == 0) for i in slots])  # the slot started over
+                steps.append((x, a, r, done))
+            obs, acts, rews, dones = (torch.stack(t) for t in zip(*steps, strict=True))
+            with torch.no_grad():
+                values = value(obs).squeeze(-1)
+                last = value(features([setup.pool.state(i) for i in slots])).squeeze(-1)
+            adv, returns = gae(rews, values, dones, last, config.gamma, config.lam)
+            flat_obs, adv = obs.flatten(0, 1), adv.flatten()
+            stats = trpo_step(policy, flat_obs, acts.flatten(), (adv - adv.mean()) / (adv.std() + 1e-8),
+                              config)
+            for _ in range(config.value_iters):
+                value_loss = (value(flat_obs).squeeze(-1) - returns.flatten()).pow(2).mean()
+                value_opt.zero_grad()
+                value_loss.backward()
+                value_opt.step()
+            recent = reward.history[-config.rollout_steps :]
+            keys = dict.fromkeys(k for h in recent for k in h)
+            env_stats = {k: sum(h.get(k, 0.0) for h in recent) / len(recent) for k in keys}
+            per_update.append(env_stats["reward_mean"])
+            bar.set_postfix(reward=f"{sum(per_update[-5:]) / len(per_update[-5:]):.3f}", kl=f"{stats['kl']:.4f}")
+            if (it + 1) % max(1, config.logging_steps) == 0:
+                logs = {**{f"env/{k}": v for k, v in env_stats.items()}, **{f"trpo/{k}": v for k, v in stats.items()},
+                        "trpo/value_loss": value_loss.item(),
+                        **{f"calls/{role}": n for role, n in setup.calls().items()}}
+                logger.info("update %d: %s", it + 1, {k: round(v, 4) for k, v in logs.items()})
+                if writer:
+                    for key, v in logs.items():
+                        writer.add_scalar(key, v, it + 1)
+    except BudgetExhausted as stop:
+        logger.warning("%s; saving the policy after %d updates", stop, len(per_update))
+    finally:
+        bar.close()
+        if writer:
+            writer.close()
+
+    from safetensors.torch import save_file
+
+    from teams_rl.policy.plots import plot_training
+
+    plot_training(reward.history, setup.run_dir / "plots", title="classic")
+    with atomic_folder(setup.policy_dir) as tmp:
+        save_file(policy.state_dict(), str(tmp / WEIGHTS))
+        write_policy_meta(tmp, "classic", names, algorithm="classic", state_features=config.state_features,
+                          hidden=list(config.hidden_sizes), depth=setup.policy_args.depth,
+                          embedding_model=config.state_embedding_model if embedder else None,
+                          reward_per_update=[round(r, 4) for r in per_update])
+    return setup.policy_dir
+
+
+class ClassicPolicy:
+    """A trained classic MLP choosing actions: the most likely one, or one drawn with a per-state seed."""
+
+    def __init__(self, net: nn.Module, features: Features, name: str, sample: bool = False, run_seed: int = 0):
+        self.net, self.features, self.name = net.eval(), features, name
+        self.names, self.sample, self.run_seed = features.names, sample, run_seed
+
+    @classmethod
+    def load(cls, folder: str | Path, actions, sample: bool = False, run_seed: int = 0) -> ClassicPolicy:
+        from safetensors.torch import load_file
+
+        meta = read_policy_meta(folder)
+        missing = [n for n in meta["actions"] if n not in {a.name for a in actions}]
+        if missing:
+            raise TeamsRLError(f"the policy was trained with actions {meta['actions']}; missing now: {missing}",
+                               field="actions")
+        embedder = load_embedder(meta["embedding_model"]) if meta["state_features"] == "embedding" else None
+        features = Features(meta["actions"], meta["depth"], meta["state_features"], embedder)
+        net = mlp([features.size, *meta["hidden"], len(meta["actions"])])
+        net.load_state_dict(load_file(str(Path(folder) / WEIGHTS)))
+        return cls(net, features, f"classic:{Path(folder).name}", sample=sample, run_seed=run_seed)
+
+    def probabilities(self, states: Sequence[State]) -> torch.Tensor:
+        """``(len(states), n_actions)`` tensor of action probabilities."""
+        if not states:
+            return torch.empty(0, len(self.names))
+        with torch.no_grad():
+            return torch.softmax(self.net(self.features(states)), -1)
+
+    def select(self, states: Sequence[State]) -> list[str]:
+        probs = self.probabilities(states)
+        if not self.sample:
+            return [self.names[int(i)] for i in probs.argmax(dim=-1)]
+        picks = []
+        for s, p in zip(states, probs, strict=True):
+            gen = torch.Generator().manual_seed(derive_seed(self.run_seed, s.seed_id, s.step, "policy"))
+            picks.append(self.names[int(torch.multinomial(p, 1, generator=gen))])
+        return picks

@@ -1,0 +1,210 @@
+"""GRPO for the instructor: TRL's ``GRPOTrainer`` samples a group of one-digit answers per episode state and the
+shared ``PolicyReward`` (rewrite, review) scores them; the LoRA adapter (or full model) is saved as a policy folder.
+
+Two things are ours, the rest is TRL (trl 1.12):
+- the action mask: ``add_action_mask`` hooks the output layer, and trl 1.12's GRPO computes both the sampling
+  logits and the training log-probs through ``model(...).logits``, so the answer is a menu digit in both and the
+  ratio/KL are taken over the menu alone (one completion token: ``max_completion_length`` must be 1);
+- fresh states: the dataset holds episode *slots*; each slot's prompt is rendered from ``setup.pool`` at
+  generation time (``_generate_and_score_completions``), because the dataloader fetches rows ahead of time while
+  the pool only advances when a step's rewards are computed. Kept rewrites thus become the next prompts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config, get_quantization_config
+
+from teams_rl.dataset_io import atomic_folder
+from teams_rl.errors import TeamsRLError
+from teams_rl.policy.instructor import InstructorFormat, add_action_mask, write_policy_meta
+from teams_rl.policy.plots import plot_training
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GRPOPolicyConfig(GRPOConfig):
+    """TRL's ``GRPOConfig`` with defaults for a one-token instructor on a small machine (every key is TRL's)."""
+
+    output_dir: str | None = field(default="runs/grpo", metadata={"help": "Run folder (ledger, policy, plots, logs)."})
+    max_completion_length: int | None = field(
+        default=1, metadata={"help": "Must be 1: the answer is one menu digit (the action mask allows nothing else)."})
+    num_generations: int | None = field(default=4, metadata={"help": "Answers per state (the GRPO group)."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Answers per step (states x group)."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (LoRA-sized)."})
+    beta: float = field(default=0.02, metadata={"help": "KL to the starting policy (adapter off); keeps some "
+                                                        "exploration over the menu. 0 skips the reference pass."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "tensorboard, wandb, none..."})
+    save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints (the policy is saved at the end)."})
+    # None, not TRL's True: transformers 5 renamed it activation_checkpointing and warns on every run otherwise.
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of "
+                                                                                "activation_checkpointing."})
+    bf16: bool | None = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU)."})
+
+
+CONFIG_CLASSES = (GRPOPolicyConfig, ModelConfig)
+
+
+def run_settings(config: GRPOPolicyConfig, model_config: ModelConfig) -> tuple[str, int, str]:
+    if not model_config.model_name_or_path:
+        raise TeamsRLError("set model_name_or_path: the instructor LLM to train", field="model_name_or_path")
+    return config.output_dir, config.seed, model_config.model_name_or_path
+
+
+def instructor_reward(setup, fmt: InstructorFormat):
+    """A TRL reward function over ``setup``'s environment, and the ``PolicyReward`` behind it (stats, history).
+
+    It takes the dataset's ``slot`` column, checks that each prompt still shows its slot's state (the action is
+    applied to what the instructor saw), scores, and logs the step's env stats and LLM calls through TRL.
+    """
+    reward = setup.reward(fmt.parse)
+    action_keys = [f"env/action_{n}" for n in fmt.names]
+
+    def instructor_reward(prompts, completions, slot, log_metric=None, **_) -> list[float]:
+        for prompt, s in zip(prompts, slot, strict=True):
+            if _content(prompt) != fmt.messages(setup.pool.state(s))[-1]["content"]:
+                raise RuntimeError(f"slot {s}: the prompt no longer shows the slot's state")
+        rewards = reward(list(slot), [_content(c) for c in completions])
+        if log_metric is not None:
+            stats = reward.stats.log_dict()
+            for key, value in {**dict.fromkeys(action_keys, 0.0), **stats}.items():
+                log_metric(key, value)
+        return rewards
+
+    return instructor_reward, reward
+
+
+def _content(message) -> str:
+    """The text of a prompt or completion, conversational (a list of messages) or plain."""
+    return message[-1]["content"] if isinstance(message, list) else message
+
+
+class _PoolGRPOTrainer(GRPOTrainer):
+    """GRPO whose prompts are the episode pool's current states, read when completions are generated."""
+
+    def __init__(self, *args, setup, fmt: InstructorFormat, **kwargs):
+        self.setup, self.fmt = setup, fmt
+        super().__init__(*args, **kwargs)
+
+    def _generate_and_score_completions(self, inputs):
+        inputs = [{**x, "prompt": list(self.fmt.messages(self.setup.pool.state(x["slot"])))} for x in inputs]
+        return super()._generate_and_score_completions(inputs)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        logs.update({f"calls/{role}": n for role, n in self.setup.calls().items()})
+        super().log(logs, start_time)
+
+
+class _RewardBar(TrainerCallback):
+    """A progress bar showing the running reward, acceptance and the leading action."""
+
+    def __init__(self, history: list[dict], window: int = 10):
+        self.history, self.window, self.bar, self.kl = history, window, None, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, desc="grpo", unit="step")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.kl = (logs or {}).get("kl", self.kl)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is None:
+            return
+        recent = deque(self.history, maxlen=self.window)
+        post = {}
+        if recent:
+            post["reward"] = f"{sum(h['reward_mean'] for h in recent) / len(recent):.3f}"
+            post["accept"] = f"{sum(h['acceptance_rate'] for h in recent) / len(recent):.2f}"
+            share = {k[len("action_"):]: v for k, v in recent[-1].items() if k.startswith("action_")}
+            if share:
+                top = max(share, key=share.get)
+                post["top"] = f"{top} {share[top]:.2f}"
+        if self.kl is not None:
+            post["kl"] = f"{self.kl:.4f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _check(config: GRPOPolicyConfig, setup) -> None:
+    """Refuse settings under which the action mask or the slot pool would silently stop working."""
+    if config.max_completion_length != 1:
+        raise TeamsRLError("the instructor answers with one menu digit: max_completion_length must be 1",
+                           field="max_completion_length")
+    if config.use_vllm or config.use_liger_kernel:
+        key = "use_vllm" if config.use_vllm else "use_liger_kernel"
+        raise TeamsRLError(f"{key} bypasses the model's output layer, where the action mask lives", field=key)
+    states_per_step = config.generation_batch_size // config.num_generations
+    if len(setup.pool) < states_per_step:
+        raise TeamsRLError(f"{states_per_step} states per generation batch need at least as many episode slots "
+                           f"(have {len(setup.pool)})", field="episode_slots")
+
+
+def _load_model(model_config: ModelConfig, trust_remote_code: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from teams_rl.models import resolve_model
+
+    path = resolve_model(model_config.model_name_or_path, field="model_name_or_path")
+    dtype = model_config.dtype
+    model = AutoModelForCausalLM.from_pretrained(
+        path, revision=model_config.model_revision, trust_remote_code=trust_remote_code,
+        attn_implementation=model_config.attn_implementation,
+        dtype=dtype if dtype in ("auto", None) else getattr(torch, dtype),
+        quantization_config=get_quantization_config(model_config))
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=model_config.model_revision,
+                                              trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def train(setup, config: GRPOPolicyConfig, model_config: ModelConfig) -> Path:
+    """Train the instructor with GRPO on ``setup``'s environment; returns the saved policy folder."""
+    from datasets import Dataset
+    from transformers import ProgressCallback
+
+    _check(config, setup)
+    model, tokenizer = _load_model(model_config, config.trust_remote_code)
+    fmt = InstructorFormat(setup.actions, tokenizer)
+    add_action_mask(model, fmt.answer_token_ids)
+    reward_fn, reward = instructor_reward(setup, fmt)
+    # One row per episode slot; the prompt here is only the slot's first state (see _PoolGRPOTrainer).
+    slots = list(range(len(setup.pool)))
+    dataset = Dataset.from_dict({"prompt": [list(fmt.messages(setup.pool.state(s))) for s in slots],
+                                 "slot": slots})
+    trainer = _PoolGRPOTrainer(model=model, reward_funcs=[reward_fn], args=config, train_dataset=dataset,
+                               processing_class=tokenizer, peft_config=get_peft_config(model_config),
+                               setup=setup, fmt=fmt)
+    if trainer.ref_model is not None:  # full fine-tuning with beta > 0: TRL loaded a fresh reference copy
+        add_action_mask(getattr(trainer.ref_model, "module", trainer.ref_model), fmt.answer_token_ids)
+    if not config.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_RewardBar(reward.history))
+    trainer.train()
+    trainer.save_state()  # trainer_state.json: the full log history, beside the TensorBoard logs
+
+    with atomic_folder(setup.policy_dir) as tmp:
+        trainer.model.save_pretrained(tmp)  # a LoRA adapter, or the full model
+        tokenizer.save_pretrained(tmp)
+        write_policy_meta(tmp, "instructor", fmt.names, algorithm="grpo", base_model=model_config.model_name_or_path)
+    plot_training(reward.history, setup.run_dir / "plots", title="GRPO")
+    logger.info("GRPO: %d steps, %d episodes finished; policy saved to %s", trainer.state.global_step,
+                setup.pool.episodes_done, setup.policy_dir)
+    return setup.policy_dir

@@ -1,0 +1,240 @@
+"""PPO for the instructor with TRL's ``PPOTrainer`` (trl 1.12.x): the state prompt as the query, one menu digit as
+the answer (the action mask keeps sampling and training on the menu), LoRA on the policy and the value model, and
+the environment's reward through ``ppo_reward`` (the only file that knows TRL's internals).
+
+Fresh states: the query dataset renders each slot's *current* state when the dataloader asks for it, so kept
+rewrites become the next queries. accelerate's dataloader builds the next batch before the current one is scored,
+so a slot handed out stays busy until its reward comes back (hence ``episode_slots`` >= 2 batches).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from trl import ModelConfig, get_peft_config
+from trl.experimental.ppo import PPOConfig
+
+from teams_rl.dataset_io import atomic_folder
+from teams_rl.errors import TeamsRLError
+from teams_rl.policy.instructor import InstructorFormat, add_action_mask, write_policy_meta
+from teams_rl.policy.plots import plot_training
+from teams_rl.policy.ppo_reward import CallableReward, CallableRewardPPOTrainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PPOPolicyConfig(PPOConfig):
+    """TRL's ``PPOConfig`` (every PPO and Trainer key) plus what the instructor adds."""
+
+    value_lora: bool = field(default=True, metadata={
+        "help": "Train the value model through LoRA (the policy's lora_r/alpha/targets, minus lm_head) and its score "
+                "head, instead of in full: about half the CPU time of a PPO step."})
+    probe_states: int = field(default=8, metadata={
+        "help": "Seed states whose action probabilities are logged before and after training (0: skip)."})
+
+    def __post_init__(self):
+        # PPO 1.12 builds a bare Accelerator, so bf16 has no effect; TRL's default (True) only makes
+        # TrainingArguments refuse machines without a GPU.
+        if self.bf16 is None:
+            self.bf16 = False
+        super().__post_init__()
+
+
+CONFIG_CLASSES = (PPOPolicyConfig, ModelConfig)
+
+
+def run_settings(config: PPOPolicyConfig, model_config: ModelConfig) -> tuple[str, int, str]:
+    if not model_config.model_name_or_path:
+        raise TeamsRLError("set model_name_or_path: the instructor LLM to train", field="model_name_or_path")
+    return config.output_dir, config.seed, model_config.model_name_or_path
+
+
+class StateQueries(torch.utils.data.Dataset):
+    """PPO's queries: item ``i`` is the tokenized state prompt of slot ``i % len(pool)`` (or the next free slot),
+    rendered when the dataloader asks. ``take(prompts)`` maps decoded prompts back to their slots, in order."""
+
+    def __init__(self, pool, fmt: InstructorFormat):
+        self.pool, self.fmt, self.tokenizer = pool, fmt, fmt.tokenizer
+        self._pending: dict[str, deque[int]] = defaultdict(deque)  # decoded prompt -> slots handed out, in order
+        self._busy: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self.pool)
+        slot = next((s % n for s in range(i, i + n) if s % n not in self._busy), None)
+        if slot is None:
+            raise RuntimeError(f"all {n} episode slots are waiting for rewards: raise episode_slots")
+        ids = self.tokenizer(self.fmt.prompt_text(self.pool.state(slot)), add_special_tokens=False)["input_ids"]
+        if self.tokenizer.pad_token_id in ids:
+            raise TeamsRLError("the instructor's prompt contains its pad token; PPO would mask it out", field="model")
+        self._pending[self.tokenizer.decode(ids)].append(slot)
+        self._busy.add(slot)
+        return {"input_ids": ids}
+
+    def take(self, prompts: list[str]) -> list[int]:
+        slots = []
+        for prompt in prompts:
+            if not self._pending.get(prompt):
+                raise RuntimeError(f"a reward was asked for a prompt no slot is waiting on: {prompt[-120:]!r}")
+            slots.append(self._pending[prompt].popleft())
+            self._busy.discard(slots[-1])
+        return slots
+
+
+class _RewardBar(TrainerCallback):
+    """A progress bar over PPO steps showing the running reward, acceptance, the leading action and the KL."""
+
+    def __init__(self, history: list[dict], window: int = 10):
+        self.history, self.window, self.bar, self.post = history, window, None, {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, desc="ppo", unit="step")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is None or not logs:
+            return
+        recent = self.history[-self.window:]
+        if recent:
+            self.post["reward"] = f"{sum(h['reward_mean'] for h in recent) / len(recent):.3f}"
+            self.post["accept"] = f"{sum(h['acceptance_rate'] for h in recent) / len(recent):.2f}"
+        share = {k[len("env/action_"):]: v for k, v in logs.items() if k.startswith("env/action_")}
+        if share and max(share.values()) > 0:
+            top = max(share, key=share.get)
+            self.post["top"] = f"{top} {share[top]:.2f}"
+        if "objective/kl" in logs:
+            self.post["kl"] = f"{logs['objective/kl']:.4f}"
+        self.bar.set_postfix(self.post, refresh=False)
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _distinct_pad(tokenizer) -> bool:
+    """PPO masks every pad id in a query, so pad must not be a token the prompt uses (SmolLM2: pad = eos =
+    ``<|im_end|>``, which ends every chat turn). Returns True when a new token had to be added."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return False
+    vocab = tokenizer.get_vocab()
+    for candidate in ("<|endoftext|>", tokenizer.unk_token):
+        if candidate and candidate in vocab and candidate != tokenizer.eos_token:
+            tokenizer.pad_token = candidate
+            return False
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    return True
+
+
+def _load_models(config: PPOPolicyConfig, model_config: ModelConfig):
+    """The tokenizer (left padding, a pad distinct from eos), the policy and the value model (LoRA'd if asked)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from teams_rl.models import resolve_model
+
+    if model_config.load_in_4bit or model_config.load_in_8bit:
+        raise TeamsRLError("quantized loading is not supported by the PPO instructor", field="load_in_4bit")
+    path = resolve_model(model_config.model_name_or_path, field="model_name_or_path")
+    dtype = model_config.dtype if model_config.dtype in ("auto", None) else getattr(torch, model_config.dtype)
+    common = {"revision": model_config.model_revision}
+    tokenizer = AutoTokenizer.from_pretrained(path, **common)
+    tokenizer.padding_side = "left"
+    added = _distinct_pad(tokenizer)
+    policy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **common,
+                                                  attn_implementation=model_config.attn_implementation)
+    value = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **common)
+    for model in (policy, value):
+        if added:
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+    policy.generation_config.pad_token_id = tokenizer.pad_token_id
+    if config.value_lora:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        targets = model_config.lora_target_modules
+        if isinstance(targets, list | tuple | set):
+            targets = [t for t in targets if t != "lm_head"]  # the value model's head is `score`, trained in full
+        inject_adapter_in_model(LoraConfig(r=model_config.lora_r, lora_alpha=model_config.lora_alpha,
+                                           lora_dropout=0.0, target_modules=targets), value)
+        for name, param in value.named_parameters():
+            param.requires_grad = "lora_" in name or name.startswith("score.")
+    return tokenizer, policy, value
+
+
+def _action_probabilities(model, fmt: InstructorFormat, states) -> list[list[float]]:
+    """P(action) per state from the next-token distribution over the menu digits (temperature 1)."""
+    if not states:
+        return []
+    batch = fmt.tokenizer([fmt.prompt_text(s) for s in states], return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(model.device)
+    with torch.inference_mode():
+        logits = model(**batch).logits[:, -1, fmt.answer_token_ids].float()
+    return torch.softmax(logits, dim=-1).cpu().tolist()
+
+
+def _mean_probabilities(probs: list[list[float]], names: list[str]) -> dict[str, float]:
+    return {n: round(sum(p[i] for p in probs) / max(1, len(probs)), 4) for i, n in enumerate(names)}
+
+
+def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
+    """Train the instructor with PPO on ``setup``'s environment; returns the saved policy folder."""
+    from transformers import ProgressCallback
+
+    batch = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    if len(setup.pool) < 2 * batch:
+        raise TeamsRLError(f"PPO builds the next batch of {batch} queries before the current one is scored, so it "
+                           f"needs episode_slots >= {2 * batch} (have {len(setup.pool)})", field="episode_slots")
+    tokenizer, policy, value = _load_models(config, model_config)
+    fmt = InstructorFormat(setup.actions, tokenizer)
+    mask = add_action_mask(policy, fmt.answer_token_ids)
+    probe = setup.pool.seeds[: config.probe_states]
+    before = _mean_probabilities(_action_probabilities(policy.eval(), fmt, probe), fmt.names)
+    logger.info("PPO: P(action) on %d seed states before training: %s", len(probe), before)
+
+    queries = StateQueries(setup.pool, fmt)
+    reward = setup.reward(fmt.parse)
+    action_keys = dict.fromkeys((f"env/action_{n}" for n in fmt.names), 0.0)
+
+    def extra_logs() -> dict:
+        calls = {f"calls/{role}": n for role, n in setup.calls().items()}
+        return {**action_keys, **reward.stats.log_dict(), **calls}
+
+    trainer = CallableRewardPPOTrainer(
+        args=config, processing_class=tokenizer, model=policy, ref_model=None,
+        reward_model=CallableReward(lambda prompts, completions: reward(queries.take(prompts), completions)),
+        train_dataset=queries, value_model=value, peft_config=get_peft_config(model_config), extra_logs=extra_logs)
+    if not config.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_RewardBar(reward.history))
+    trainer.train()
+
+    model = trainer.accelerator.unwrap_model(trainer.model).policy.eval()
+    after = _mean_probabilities(_action_probabilities(model, fmt, probe), fmt.names)
+    logger.info("PPO: P(action) on %d seed states after training: %s", len(probe), after)
+    mask.remove()
+    if trainer.accelerator.is_main_process:
+        with atomic_folder(setup.policy_dir) as tmp:
+            if hasattr(model, "peft_config"):  # a LoRA adapter; lm_head's base weights are unchanged, not saved
+                model.save_pretrained(tmp, save_embedding_layers=False)
+            else:
+                model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_policy_meta(tmp, "instructor", fmt.names, algorithm="ppo",
+                              base_model=model_config.model_name_or_path, steps=trainer.state.global_step,
+                              episodes=trainer.state.episode, probe_before=before, probe_after=after)
+        plot_training(reward.history, setup.run_dir / "plots", title="PPO")
+    trainer.accelerator.wait_for_everyone()
+    logger.info("PPO: %d steps, %d episodes finished; policy saved to %s", trainer.state.global_step,
+                setup.pool.episodes_done, setup.policy_dir)
+    return setup.policy_dir
