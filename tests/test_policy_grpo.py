@@ -64,7 +64,8 @@ def test_grpo_learns_the_rewarded_action_and_saves_a_loadable_policy(tmp_path, m
 
     assert folder == setup.policy_dir
     meta = read_policy_meta(folder)
-    assert meta == {"kind": "instructor", "actions": NAMES, "algorithm": "grpo", "base_model": tiny_model_dir}
+    assert meta == {"kind": "instructor", "actions": NAMES, "algorithm": "grpo", "base_model": tiny_model_dir,
+                    "steps": 20, "stopped": None}
     assert (folder / "adapter_config.json").is_file()
     policy = load_policy(str(folder), ACTIONS)
     after = p_deepen(policy, states)
@@ -143,3 +144,16 @@ def test_recipe_parses_with_the_shared_arguments():
     assert model_config.lora_target_modules == "all-linear"  # TRL turns a one-item list into the shorthand
     assert run_settings(config, model_config) == ("runs/smollm2-135m-grpo", 42, "smollm2-135m")
     assert grpo.GRPOPolicyConfig is type(config)
+
+
+def test_a_rewriter_budget_stops_training_cleanly_and_keeps_the_policy(tmp_path, monkeypatch, tiny_model_dir):
+    from teams_rl.llm.ledger import Budget
+
+    setup, _ = make_setup(tmp_path, monkeypatch, preferred="deepen", instructor_model=tiny_model_dir)
+    setup.clients["rewrite"].budget = Budget(max_calls=12)  # step 1 pays for <= 12 distinct rewrites at most
+    folder = train(setup, grpo_config(setup.run_dir), lora(tiny_model_dir))
+    meta = read_policy_meta(folder)
+    assert "budget for role 'rewriter' exhausted" in meta["stopped"]
+    assert meta["steps"] < 20
+    assert setup.clients["rewrite"].stats.new_calls <= 12
+    assert len(load_policy(str(folder), ACTIONS).select(list(setup.pool.seeds[:3]))) == 3

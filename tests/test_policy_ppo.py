@@ -199,3 +199,17 @@ def test_recipe_parses_and_names_the_run(monkeypatch):
     assert config.response_length == 1 and config.bf16 is False and "tensorboard" in config.report_to
     assert config.per_device_train_batch_size * 2 <= (policy_args.episode_slots or 80)
     assert ppo.run_settings(config, model_config) == ("runs/smollm2-135m-ppo", config.seed, "smollm2-135m")
+
+
+def test_a_rewriter_budget_stops_training_cleanly_and_keeps_the_policy(tmp_path, monkeypatch, tiny_model_dir):
+    from teams_rl.llm.ledger import Budget
+
+    setup, _ = make_setup(tmp_path, monkeypatch, preferred="deepen", instructor_model=tiny_model_dir, episode_slots=16)
+    setup.clients["rewrite"].budget = Budget(max_calls=12)  # step 1 pays for <= 8; a later step runs out
+    folder = ppo.train(setup, _config(setup.run_dir), _model_config(tiny_model_dir))
+    meta = read_policy_meta(folder)
+    assert "budget for role 'rewriter' exhausted" in meta["stopped"]
+    assert 1 <= meta["steps"] < 8
+    assert setup.clients["rewrite"].stats.new_calls <= 12
+    assert len(load_policy(str(folder), setup.actions).select(setup.pool.seeds[:3])) == 3
+    setup.ledger.close()

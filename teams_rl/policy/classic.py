@@ -186,6 +186,7 @@ def train(setup, config: ClassicConfig) -> Path:
 
         writer = SummaryWriter(log_dir=str(setup.run_dir / "tensorboard"))
     per_update: list[float] = []
+    stopped = None
     bar = tqdm(range(config.iterations), desc="classic", unit="update")
     try:
         for it in bar:
@@ -224,6 +225,7 @@ def train(setup, config: ClassicConfig) -> Path:
                     for key, v in logs.items():
                         writer.add_scalar(key, v, it + 1)
     except BudgetExhausted as stop:
+        stopped = str(stop)
         logger.warning("%s; saving the policy after %d updates", stop, len(per_update))
     finally:
         bar.close()
@@ -240,7 +242,7 @@ def train(setup, config: ClassicConfig) -> Path:
         write_policy_meta(tmp, "classic", names, algorithm="classic", state_features=config.state_features,
                           hidden=list(config.hidden_sizes), depth=setup.policy_args.depth,
                           embedding_model=config.state_embedding_model if embedder else None,
-                          reward_per_update=[round(r, 4) for r in per_update])
+                          reward_per_update=[round(r, 4) for r in per_update], stopped=stopped)
     return setup.policy_dir
 
 

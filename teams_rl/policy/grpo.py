@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config, get_quantization_config
 
 from teams_rl.dataset_io import atomic_folder
-from teams_rl.errors import TeamsRLError
+from teams_rl.errors import BudgetExhausted, TeamsRLError
 from teams_rl.policy.instructor import InstructorFormat, add_action_mask, write_policy_meta
 from teams_rl.policy.plots import plot_training
 
@@ -197,13 +197,19 @@ def train(setup, config: GRPOPolicyConfig, model_config: ModelConfig) -> Path:
     if not config.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(_RewardBar(reward.history))
-    trainer.train()
+    stopped = None
+    try:
+        trainer.train()
+    except BudgetExhausted as stop:  # raised while scoring a generation batch, before its optimizer step
+        stopped = str(stop)
+        logger.warning("%s; saving the policy after %d GRPO steps", stop, trainer.state.global_step)
     trainer.save_state()  # trainer_state.json: the full log history, beside the TensorBoard logs
 
     with atomic_folder(setup.policy_dir) as tmp:
         trainer.model.save_pretrained(tmp)  # a LoRA adapter, or the full model
         tokenizer.save_pretrained(tmp)
-        write_policy_meta(tmp, "instructor", fmt.names, algorithm="grpo", base_model=model_config.model_name_or_path)
+        write_policy_meta(tmp, "instructor", fmt.names, algorithm="grpo", base_model=model_config.model_name_or_path,
+                          steps=trainer.state.global_step, stopped=stopped)
     plot_training(reward.history, setup.run_dir / "plots", title="GRPO")
     logger.info("GRPO: %d steps, %d episodes finished; policy saved to %s", trainer.state.global_step,
                 setup.pool.episodes_done, setup.policy_dir)

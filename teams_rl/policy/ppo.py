@@ -20,7 +20,7 @@ from trl import ModelConfig, get_peft_config
 from trl.experimental.ppo import PPOConfig
 
 from teams_rl.dataset_io import atomic_folder
-from teams_rl.errors import TeamsRLError
+from teams_rl.errors import BudgetExhausted, TeamsRLError
 from teams_rl.policy.instructor import InstructorFormat, add_action_mask, write_policy_meta
 from teams_rl.policy.plots import plot_training
 from teams_rl.policy.ppo_reward import CallableReward, CallableRewardPPOTrainer
@@ -217,7 +217,12 @@ def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
     if not config.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(_RewardBar(reward.history))
-    trainer.train()
+    stopped = None
+    try:
+        trainer.train()
+    except BudgetExhausted as stop:  # raised while scoring a rollout, before that update's optimizer step
+        stopped = str(stop)
+        logger.warning("%s; saving the policy after %d PPO steps", stop, trainer.state.global_step)
 
     model = trainer.accelerator.unwrap_model(trainer.model).policy.eval()
     after = _mean_probabilities(_action_probabilities(model, fmt, probe), fmt.names)
@@ -232,7 +237,8 @@ def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
             tokenizer.save_pretrained(tmp)
             write_policy_meta(tmp, "instructor", fmt.names, algorithm="ppo",
                               base_model=model_config.model_name_or_path, steps=trainer.state.global_step,
-                              episodes=trainer.state.episode, probe_before=before, probe_after=after)
+                              episodes=trainer.state.episode, probe_before=before, probe_after=after,
+                              stopped=stopped)
         plot_training(reward.history, setup.run_dir / "plots", title="PPO")
     trainer.accelerator.wait_for_everyone()
     logger.info("PPO: %d steps, %d episodes finished; policy saved to %s", trainer.state.global_step,

@@ -158,4 +158,4 @@ def main(argv: list[str] | None = None) -> Path:
 if __name__ == "__main__":
     from teams_rl.cli import run_stage
 
-    run_stage(main)
+    raise SystemExit(run_stage(main))
