@@ -42,7 +42,8 @@ def run_stage(fn: Callable[[list[str]], object], argv: list[str] | None = None) 
 def _setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("TEAMS_RL_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "sentence_transformers", "datasets", "urllib3"):
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "sentence_transformers", "datasets", "urllib3",
+                   "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -61,11 +62,19 @@ def _synthesize(argv: list[str]) -> None:
 
 
 def _train_policy(argv: list[str]) -> None:
+    from rich.console import Console
+
+    from teams_rl.policy.instructor import read_policy_meta
     from teams_rl.policy.train import main
+    from teams_rl.report import policy_table, print_ledger
 
     folder = main(argv)
     if folder is not None:
-        print(f"policy saved to {folder}; use it with: teams-rl synthesize --policy {folder} ...")
+        console = Console()
+        console.print(policy_table(read_policy_meta(folder)))
+        print_ledger(folder.parent, console)
+        console.print(f"policy saved to [bold]{folder}[/bold] (plots in {folder.parent / 'plots'}); use it with: "
+                      f"teams-rl synthesize --policy {folder} ...")
 
 
 def _merge(argv: list[str]) -> None:

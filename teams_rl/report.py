@@ -60,3 +60,24 @@ def summary_tables(summary: dict) -> list[Table]:
                       f"{entry['prompt_tokens']:,}", f"{entry['completion_tokens']:,}", str(entry["errors"]),
                       f"{total / kept:.2f}")
     return [rows, calls]
+
+
+def policy_table(meta: dict) -> Table:
+    """A trained policy at a glance: how it trained and, where probed, P(action) before and after."""
+    title = f"Policy: {meta.get('algorithm', meta.get('kind'))}"
+    facts = {k: meta[k] for k in ("steps", "episodes", "stopped") if meta.get(k) is not None}
+    if facts:
+        title += " (" + ", ".join(f"{k} {v}" for k, v in facts.items()) + ")"
+    table = Table(title=title)
+    table.add_column("action")
+    before, after = meta.get("probe_before") or {}, meta.get("probe_after") or {}
+    if before and after:
+        table.add_column("P before", justify="right")
+        table.add_column("P after", justify="right")
+    for name in meta.get("actions", []):
+        cells = [f"{before[name]:.3f}", f"{after[name]:.3f}"] if name in before and name in after else []
+        table.add_row(name, *cells)
+    rewards = meta.get("reward_per_update")
+    if rewards:
+        table.caption = f"mean reward: first update {rewards[0]:.3f}, last {rewards[-1]:.3f}"
+    return table

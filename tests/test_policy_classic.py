@@ -115,3 +115,32 @@ def test_recipe_parses_and_must_name_the_rewriter(tmp_path, monkeypatch):
     with pytest.raises(TeamsRLError, match="rewriter_model"):  # the default 'instructor' has nothing to borrow
         build_setup(tmp_path, 0, None, seeds, policy_args, RewriterArguments(), ReviewerArguments(),
                     ReviewArguments())
+
+
+def test_cli_trains_from_the_recipe_and_prints_the_policy_and_ledger(tmp_path, monkeypatch, capsys):
+    from teams_rl import cli
+    from teams_rl.llm.factory import BackendPool
+    from teams_rl.llm.scripted import ScriptedBackend
+    from tests.policy_helpers import make_scorer, rewriter_reply, write_seeds
+
+    backend = ScriptedBackend(rewriter_reply, make_scorer("deepen"), model_id="scripted")
+    monkeypatch.setattr(BackendPool, "get", lambda self, settings, role: backend)
+    run = tmp_path / "run"
+    rc = cli.main(["train-policy", "--config", "recipes/smollm2-135m/policy/config_classic.yaml",
+                   "--dataset_name", str(write_seeds(tmp_path)), "--output_dir", str(run), "--iterations", "2",
+                   "--rollout_steps", "1", "--report_to", "none", "--state_features", "last_action",
+                   "--reviewer_modes", "judge_logprob:1"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "Policy: classic" in out and "deepen" in out and "rewriter" in out and "reviewer" in out
+    assert f"teams-rl synthesize --policy {run / 'policy'}" in out.replace("\n", "")
+    saved = (run / "config" / "train-policy.yaml").read_text()
+    assert "algorithm: classic" in saved and "iterations: 2" in saved
+
+
+def test_cli_unknown_algorithm_is_one_line_and_exit_2(capsys):
+    from teams_rl import cli
+
+    rc = cli.main(["train-policy", "--config", "recipes/smollm2-135m/policy/config_classic.yaml", "--algorithm", "dqn"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "unknown algorithm 'dqn'" in err and "algorithm" in err

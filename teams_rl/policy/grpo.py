@@ -22,7 +22,7 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config, get_quant
 
 from teams_rl.dataset_io import atomic_folder
 from teams_rl.errors import BudgetExhausted, TeamsRLError
-from teams_rl.policy.instructor import InstructorFormat, add_action_mask, write_policy_meta
+from teams_rl.policy.instructor import InstructorFormat, add_action_mask, probe_actions, write_policy_meta
 from teams_rl.policy.plots import plot_training
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class GRPOPolicyConfig(GRPOConfig):
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of "
                                                                                 "activation_checkpointing."})
     bf16: bool | None = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU)."})
+    probe_states: int = field(default=8, metadata={
+        "help": "Seed states whose action probabilities are logged before and after training (0: skip)."})
 
 
 CONFIG_CLASSES = (GRPOPolicyConfig, ModelConfig)
@@ -184,6 +186,9 @@ def train(setup, config: GRPOPolicyConfig, model_config: ModelConfig) -> Path:
     model, tokenizer = _load_model(model_config, config.trust_remote_code)
     fmt = InstructorFormat(setup.actions, tokenizer)
     add_action_mask(model, fmt.answer_token_ids)
+    probe = setup.pool.seeds[: config.probe_states]
+    before = probe_actions(model.eval(), fmt, probe)
+    logger.info("GRPO: P(action) on %d seed states before training: %s", len(probe), before)
     reward_fn, reward = instructor_reward(setup, fmt)
     # One row per episode slot; the prompt here is only the slot's first state (see _PoolGRPOTrainer).
     slots = list(range(len(setup.pool)))
@@ -205,11 +210,13 @@ def train(setup, config: GRPOPolicyConfig, model_config: ModelConfig) -> Path:
         logger.warning("%s; saving the policy after %d GRPO steps", stop, trainer.state.global_step)
     trainer.save_state()  # trainer_state.json: the full log history, beside the TensorBoard logs
 
+    after = probe_actions(trainer.model.eval(), fmt, probe)
+    logger.info("GRPO: P(action) on %d seed states after training: %s", len(probe), after)
     with atomic_folder(setup.policy_dir) as tmp:
         trainer.model.save_pretrained(tmp)  # a LoRA adapter, or the full model
         tokenizer.save_pretrained(tmp)
         write_policy_meta(tmp, "instructor", fmt.names, algorithm="grpo", base_model=model_config.model_name_or_path,
-                          steps=trainer.state.global_step, stopped=stopped)
+                          steps=trainer.state.global_step, stopped=stopped, probe_before=before, probe_after=after)
     plot_training(reward.history, setup.run_dir / "plots", title="GRPO")
     logger.info("GRPO: %d steps, %d episodes finished; policy saved to %s", trainer.state.global_step,
                 setup.pool.episodes_done, setup.policy_dir)

@@ -83,6 +83,21 @@ def add_action_mask(model, token_ids: Sequence[int]):
     return head.register_forward_hook(hook)
 
 
+def probe_actions(model, fmt: InstructorFormat, states: Sequence[State]) -> dict[str, float]:
+    """Mean P(action) over ``states`` from the next-token distribution over the menu digits (temperature 1):
+    logged before and after training, so a run shows what it changed."""
+    import torch
+
+    if not states:
+        return {}
+    batch = fmt.tokenizer([fmt.prompt_text(s) for s in states], return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(model.device)
+    with torch.inference_mode():
+        logits = model(**batch).logits[:, -1, fmt.answer_token_ids].float()
+    mean = torch.softmax(logits, dim=-1).mean(dim=0).cpu().tolist()
+    return {name: round(p, 4) for name, p in zip(fmt.names, mean, strict=True)}
+
+
 def write_policy_meta(folder: Path, kind: str, actions: Sequence[str], **extra) -> None:
     meta = {"kind": kind, "actions": list(actions), **extra}
     (folder / POLICY_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

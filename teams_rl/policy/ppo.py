@@ -21,7 +21,7 @@ from trl.experimental.ppo import PPOConfig
 
 from teams_rl.dataset_io import atomic_folder
 from teams_rl.errors import BudgetExhausted, TeamsRLError
-from teams_rl.policy.instructor import InstructorFormat, add_action_mask, write_policy_meta
+from teams_rl.policy.instructor import InstructorFormat, add_action_mask, probe_actions, write_policy_meta
 from teams_rl.policy.plots import plot_training
 from teams_rl.policy.ppo_reward import CallableReward, CallableRewardPPOTrainer
 
@@ -172,21 +172,6 @@ def _load_models(config: PPOPolicyConfig, model_config: ModelConfig):
     return tokenizer, policy, value
 
 
-def _action_probabilities(model, fmt: InstructorFormat, states) -> list[list[float]]:
-    """P(action) per state from the next-token distribution over the menu digits (temperature 1)."""
-    if not states:
-        return []
-    batch = fmt.tokenizer([fmt.prompt_text(s) for s in states], return_tensors="pt", padding=True,
-                          add_special_tokens=False).to(model.device)
-    with torch.inference_mode():
-        logits = model(**batch).logits[:, -1, fmt.answer_token_ids].float()
-    return torch.softmax(logits, dim=-1).cpu().tolist()
-
-
-def _mean_probabilities(probs: list[list[float]], names: list[str]) -> dict[str, float]:
-    return {n: round(sum(p[i] for p in probs) / max(1, len(probs)), 4) for i, n in enumerate(names)}
-
-
 def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
     """Train the instructor with PPO on ``setup``'s environment; returns the saved policy folder."""
     from transformers import ProgressCallback
@@ -199,7 +184,7 @@ def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
     fmt = InstructorFormat(setup.actions, tokenizer)
     mask = add_action_mask(policy, fmt.answer_token_ids)
     probe = setup.pool.seeds[: config.probe_states]
-    before = _mean_probabilities(_action_probabilities(policy.eval(), fmt, probe), fmt.names)
+    before = probe_actions(policy.eval(), fmt, probe)
     logger.info("PPO: P(action) on %d seed states before training: %s", len(probe), before)
 
     queries = StateQueries(setup.pool, fmt)
@@ -225,7 +210,7 @@ def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
         logger.warning("%s; saving the policy after %d PPO steps", stop, trainer.state.global_step)
 
     model = trainer.accelerator.unwrap_model(trainer.model).policy.eval()
-    after = _mean_probabilities(_action_probabilities(model, fmt, probe), fmt.names)
+    after = probe_actions(model, fmt, probe)
     logger.info("PPO: P(action) on %d seed states after training: %s", len(probe), after)
     mask.remove()
     if trainer.accelerator.is_main_process:
