@@ -51,6 +51,8 @@ def run_policy(name: str, ref: str, seeds: Path, out: Path, args) -> dict:
             "--rewrite_max_new_tokens", "96", "--expert_max_new_tokens", str(args.answer_tokens),
             # graded_logprob at weight 0: recorded in every row for this table, but not part of the reward
             "--reviewer_modes", "judge_logprob:1,embedding:1,graded_logprob:0"]
+    if ref != "random" and not args.greedy:
+        argv += ["--policy_sample", "true"]  # draw from the policy (seeded per row), as the paper's policy acts
     if args.expert_max_calls:
         argv += ["--expert_max_calls", str(args.expert_max_calls)]
     summary = synthesize(argv)
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expert-max-calls", type=int, default=None, help="per-policy expert budget (default: none)")
     parser.add_argument("--answer-tokens", type=int, default=96, help="expert answer length (default: 96)")
     parser.add_argument("--model", default="smollm2-135m", help="expert and reviewer model (default: smollm2-135m)")
+    parser.add_argument("--greedy", action="store_true",
+                        help="trained policies take their most likely action instead of sampling one")
     parser.add_argument("--seed", type=int, default=42, help="run seed shared by every policy (default: 42)")
     parser.add_argument("--out", default="runs/bench-policy", help="folder for the per-policy runs")
     args = parser.parse_args(argv)
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     base = results["random"]
     print(f"\nPolicies vs random on {args.held_out} held-out seeds, depth {args.depth}, expert/reviewer "
-          f"{args.model}, expert budget {args.expert_max_calls or 'none'}")
+          f"{args.model}, expert budget {args.expert_max_calls or 'none'}, trained policies "
+          f"{'greedy' if args.greedy else 'sampled'}")
     head = f"{'policy':<10}{'rows':>6}{'accept':>8}{'graded':>8}{'dist-2':>8}{'vendi':>8}{'exp/row':>9}"
     print(head + "   ratios to random: accept / graded / dist-2 / vendi / exp-per-row")
     for name, r in results.items():

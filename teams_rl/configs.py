@@ -135,6 +135,10 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
     try:
         parsed = parser.parse_args_and_config(argv)
     except ValueError as err:
+        unused = re.search(r"not used by the HfArgumentParser: \[(.*)\]", str(err))
+        if unused:  # a command-line flag no dataclass knows (recipe keys were checked above)
+            flags = [f for f in re.findall(r"'([^']*)'", unused.group(1)) if f.startswith("-")]
+            raise TeamsRLError(f"unknown option {', '.join(flags) or unused.group(1)} (see --help)") from None
         raise TeamsRLError(str(err), file=recipe) from None
     return tuple(parsed), recipe
 

@@ -44,6 +44,13 @@ def test_unknown_recipe_key_names_file_line_and_key(tmp_path):
     assert "expert_temperature" in line  # the suggestion
 
 
+def test_unknown_command_line_flag_is_named_without_blaming_the_recipe(tmp_path):
+    recipe = tmp_path / "ok.yaml"
+    recipe.write_text("depth: 2\n", encoding="utf-8")
+    line = _error_line(cli("synthesize", "--config", str(recipe), "--expert_temprature", "0.5"))
+    assert line == "error: unknown option --expert_temprature (see --help)"
+
+
 def test_wrong_value_type_names_the_line(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("output_dir: x\n\ndepth: three\n", encoding="utf-8")
