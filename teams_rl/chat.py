@@ -17,3 +17,10 @@ def to_messages(instruction: str, input: str = "", response: str | None = None) 
     if response is not None:
         messages.append({"role": "assistant", "content": response})
     return tuple(messages)
+
+
+def to_prompt_completion(instruction: str, input: str = "", response: str = "") -> dict[str, list[Message]]:
+    """A conversational prompt/completion pair for SFT: the user turn as the prompt, the answer as the completion
+    (TRL then masks the prompt out of the loss, whatever the chat template looks like)."""
+    user, assistant = to_messages(instruction, input, response)
+    return {"prompt": [user], "completion": [assistant]}

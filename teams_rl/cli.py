@@ -22,6 +22,7 @@ STAGES = {
     "synthesize": "Evolve seed instructions with a policy, answer them with the expert, write a dataset.",
     "merge": "Join synthesis shards (--shard i/N) into one dataset with no duplicates.",
     "ledger": "Print the LLM calls, tokens and latency per role recorded in a run folder.",
+    "sft": "Fine-tune a Llama-family model on a dataset with TRL's SFTTrainer (LoRA, QLoRA or full).",
 }
 
 
@@ -77,6 +78,14 @@ def _train_policy(argv: list[str]) -> None:
                       f"teams-rl synthesize --policy {folder} ...")
 
 
+def _sft(argv: list[str]) -> None:
+    from teams_rl.sft import main
+
+    folder = main(argv)
+    if folder is not None:
+        print(f"model saved to {folder}; its card is {folder / 'README.md'}")
+
+
 def _merge(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="teams-rl merge", description=STAGES["merge"])
     parser.add_argument("run_dir", help="Run folder; the merged dataset goes to RUN_DIR/dataset.")
@@ -103,7 +112,8 @@ def _ledger(argv: list[str]) -> None:
     print_ledger(args.run_dir)
 
 
-HANDLERS = {"train-policy": _train_policy, "synthesize": _synthesize, "merge": _merge, "ledger": _ledger}
+HANDLERS = {"train-policy": _train_policy, "synthesize": _synthesize, "merge": _merge, "ledger": _ledger,
+            "sft": _sft}
 
 
 def main(argv: list[str] | None = None) -> int:
