@@ -23,6 +23,8 @@ STAGES = {
     "merge": "Join synthesis shards (--shard i/N) into one dataset with no duplicates.",
     "ledger": "Print the LLM calls, tokens and latency per role recorded in a run folder.",
     "sft": "Fine-tune a Llama-family model on a dataset with TRL's SFTTrainer (LoRA, QLoRA or full).",
+    "evaluate": "lm-eval on the base and tuned model, dataset metrics and the membership-inference (privacy) test.",
+    "metrics": "Dataset metrics (size, lengths, actions, diversity, near-duplicates, queries per row) and plots.",
 }
 
 
@@ -112,8 +114,20 @@ def _ledger(argv: list[str]) -> None:
     print_ledger(args.run_dir)
 
 
+def _evaluate(argv: list[str]) -> None:
+    from teams_rl.evaluate import cli
+
+    cli(argv)
+
+
+def _metrics(argv: list[str]) -> None:
+    from teams_rl.eval_dataset import cli
+
+    cli(argv)
+
+
 HANDLERS = {"train-policy": _train_policy, "synthesize": _synthesize, "merge": _merge, "ledger": _ledger,
-            "sft": _sft}
+            "sft": _sft, "evaluate": _evaluate, "metrics": _metrics}
 
 
 def main(argv: list[str] | None = None) -> int:
