@@ -64,8 +64,9 @@ def _key_lines(path: Path) -> dict[str, int]:
 
 def _check_type(value, typ) -> bool:
     """Does a YAML value fit a dataclass field type (``int``, ``float | None``, ``str``, ``bool``, ``list[str]``)?"""
-    if isinstance(typ, str):
-        typ = {"int": int, "float": float, "str": str, "bool": bool}.get(typ.split("|")[0].strip(), object)
+    if isinstance(typ, str):  # an annotation left unresolved: check each alternative of "str | None" and the like
+        names = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
+        return any(_check_type(value, names.get(part.strip(), object)) for part in typ.split("|"))
     origin = typing.get_origin(typ)
     if origin in (typing.Union, types.UnionType):
         return any(_check_type(value, t) for t in typing.get_args(typ))
@@ -95,7 +96,10 @@ def validate_recipe(path: str | Path, dataclass_types: Sequence[type]) -> dict:
     config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     known = {}
     for dc in dataclass_types:
-        hints = typing.get_type_hints(dc) if not any(isinstance(f.type, str) for f in fields(dc)) else {}
+        try:
+            hints = typing.get_type_hints(dc)
+        except Exception:  # a forward reference that cannot be resolved here: fall back to the annotation text
+            hints = {}
         for f in fields(dc):
             known[f.name] = hints.get(f.name, f.type)
     for key, value in config.items():

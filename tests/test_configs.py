@@ -1,0 +1,42 @@
+"""Recipe validation: value types are checked whether a dataclass's annotations are resolved or left as text."""
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from teams_rl.configs import validate_recipe
+from teams_rl.errors import TeamsRLError
+
+
+@dataclass
+class _TextAnnotations:
+    shard: "str | None" = field(default=None)
+    depth: "int" = 2
+
+
+@dataclass
+class _Unresolvable:
+    # a forward reference no module can resolve: validation falls back to the annotation's text
+    thing: "NotARealType | None" = None  # noqa: F821
+    limit: "int | None" = None
+
+
+@pytest.mark.parametrize("cls", [_TextAnnotations, _Unresolvable])
+def test_optional_text_annotations_accept_null_and_reject_other_types(tmp_path, cls):
+    key = "shard" if cls is _TextAnnotations else "limit"
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(f"{key}: null\n", encoding="utf-8")
+    assert validate_recipe(ok, [cls]) == {key: None}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"# comment\n{key}: [1, 2]\n", encoding="utf-8")
+    with pytest.raises(TeamsRLError) as err:
+        validate_recipe(bad, [cls])
+    assert err.value.line == 2 and err.value.field == key
+
+
+def test_synthesis_recipe_accepts_null_for_optional_keys(tmp_path):
+    from teams_rl.synthesize import ReviewArguments, ReviewerArguments, SeedArguments, SynthesisArguments
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("shard: null\nactions: null\nmax_seeds: null\n", encoding="utf-8")
+    assert validate_recipe(recipe, [SeedArguments, SynthesisArguments, ReviewerArguments, ReviewArguments])
