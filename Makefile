@@ -25,10 +25,8 @@ test: install-dev  ## the fast suite (what CI runs)
 test-all: install-dev  ## everything, including the slow tests on the real embedded model
 	$(PYTHON) -m pytest -q
 
-style:
-	ruff format teams_rl tests bench
+style:  ## lint fixes (the code keeps its own line breaks: no ruff format pass)
 	ruff check --fix teams_rl tests bench
 
 quality:
 	ruff check teams_rl tests bench
-	ruff format --check teams_rl tests bench
