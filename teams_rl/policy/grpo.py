@@ -13,17 +13,16 @@ Two things are ours, the rest is TRL (trl 1.12):
 from __future__ import annotations
 
 import logging
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config, get_quantization_config
 
 from teams_rl.dataset_io import atomic_folder
-from teams_rl.errors import BudgetExhausted, TeamsRLError
+from teams_rl.errors import TeamsRLError
 from teams_rl.policy.instructor import InstructorFormat, add_action_mask, probe_actions, write_policy_meta
 from teams_rl.policy.plots import plot_training
+from teams_rl.policy.progress import train_within_budget
 
 logger = logging.getLogger(__name__)
 
@@ -104,44 +103,6 @@ class _PoolGRPOTrainer(GRPOTrainer):
         super().log(logs, start_time)
 
 
-class _RewardBar(TrainerCallback):
-    """A progress bar showing the running reward, acceptance and the leading action."""
-
-    def __init__(self, history: list[dict], window: int = 10):
-        self.history, self.window, self.bar, self.kl = history, window, None, None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        from tqdm.auto import tqdm
-
-        if state.is_world_process_zero:
-            self.bar = tqdm(total=state.max_steps, desc="grpo", unit="step")
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self.kl = (logs or {}).get("kl", self.kl)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.bar is None:
-            return
-        recent = deque(self.history, maxlen=self.window)
-        post = {}
-        if recent:
-            post["reward"] = f"{sum(h['reward_mean'] for h in recent) / len(recent):.3f}"
-            post["accept"] = f"{sum(h['acceptance_rate'] for h in recent) / len(recent):.2f}"
-            share = {k[len("action_"):]: v for k, v in recent[-1].items() if k.startswith("action_")}
-            if share:
-                top = max(share, key=share.get)
-                post["top"] = f"{top} {share[top]:.2f}"
-        if self.kl is not None:
-            post["kl"] = f"{self.kl:.4f}"
-        self.bar.set_postfix(post, refresh=False)
-        self.bar.update(state.global_step - self.bar.n)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def _check(config: GRPOPolicyConfig, setup) -> None:
     """Refuse settings under which the action mask or the slot pool would silently stop working."""
     if config.max_completion_length != 1:
@@ -180,8 +141,6 @@ def _load_model(model_config: ModelConfig, trust_remote_code: bool):
 def train(setup, config: GRPOPolicyConfig, model_config: ModelConfig) -> Path:
     """Train the instructor with GRPO on ``setup``'s environment; returns the saved policy folder."""
     from datasets import Dataset
-    from transformers import ProgressCallback
-
     _check(config, setup)
     model, tokenizer = _load_model(model_config, config.trust_remote_code)
     fmt = InstructorFormat(setup.actions, tokenizer)
@@ -199,15 +158,7 @@ def train(setup, config: GRPOPolicyConfig, model_config: ModelConfig) -> Path:
                                setup=setup, fmt=fmt)
     if trainer.ref_model is not None:  # full fine-tuning with beta > 0: TRL loaded a fresh reference copy
         add_action_mask(getattr(trainer.ref_model, "module", trainer.ref_model), fmt.answer_token_ids)
-    if not config.disable_tqdm:
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(_RewardBar(reward.history))
-    stopped = None
-    try:
-        trainer.train()
-    except BudgetExhausted as stop:  # raised while scoring a generation batch, before its optimizer step
-        stopped = str(stop)
-        logger.warning("%s; saving the policy after %d GRPO steps", stop, trainer.state.global_step)
+    stopped = train_within_budget(trainer, reward.history, "GRPO", kl_key="kl")
     trainer.save_state()  # trainer_state.json: the full log history, beside the TensorBoard logs
 
     after = probe_actions(trainer.model.eval(), fmt, probe)

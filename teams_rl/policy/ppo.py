@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 from trl import ModelConfig, get_peft_config
 from trl.experimental.ppo import PPOConfig
 
 from teams_rl.dataset_io import atomic_folder
-from teams_rl.errors import BudgetExhausted, TeamsRLError
+from teams_rl.errors import TeamsRLError
 from teams_rl.policy.instructor import InstructorFormat, add_action_mask, probe_actions, write_policy_meta
 from teams_rl.policy.plots import plot_training
 from teams_rl.policy.ppo_reward import CallableReward, CallableRewardPPOTrainer
+from teams_rl.policy.progress import train_within_budget
 
 logger = logging.getLogger(__name__)
 
@@ -89,40 +89,6 @@ class StateQueries(torch.utils.data.Dataset):
         return slots
 
 
-class _RewardBar(TrainerCallback):
-    """A progress bar over PPO steps showing the running reward, acceptance, the leading action and the KL."""
-
-    def __init__(self, history: list[dict], window: int = 10):
-        self.history, self.window, self.bar, self.post = history, window, None, {}
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        from tqdm.auto import tqdm
-
-        if state.is_world_process_zero:
-            self.bar = tqdm(total=state.max_steps, desc="ppo", unit="step")
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.bar is None or not logs:
-            return
-        recent = self.history[-self.window:]
-        if recent:
-            self.post["reward"] = f"{sum(h['reward_mean'] for h in recent) / len(recent):.3f}"
-            self.post["accept"] = f"{sum(h['acceptance_rate'] for h in recent) / len(recent):.2f}"
-        share = {k[len("env/action_"):]: v for k, v in logs.items() if k.startswith("env/action_")}
-        if share and max(share.values()) > 0:
-            top = max(share, key=share.get)
-            self.post["top"] = f"{top} {share[top]:.2f}"
-        if "objective/kl" in logs:
-            self.post["kl"] = f"{logs['objective/kl']:.4f}"
-        self.bar.set_postfix(self.post, refresh=False)
-        self.bar.update(state.global_step - self.bar.n)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def _distinct_pad(tokenizer) -> bool:
     """PPO masks every pad id in a query, so pad must not be a token the prompt uses (SmolLM2: pad = eos =
     ``<|im_end|>``, which ends every chat turn). Returns True when a new token had to be added."""
@@ -174,8 +140,6 @@ def _load_models(config: PPOPolicyConfig, model_config: ModelConfig):
 
 def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
     """Train the instructor with PPO on ``setup``'s environment; returns the saved policy folder."""
-    from transformers import ProgressCallback
-
     batch = config.per_device_train_batch_size * config.gradient_accumulation_steps
     if len(setup.pool) < 2 * batch:
         raise TeamsRLError(f"PPO builds the next batch of {batch} queries before the current one is scored, so it "
@@ -199,15 +163,7 @@ def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
         args=config, processing_class=tokenizer, model=policy, ref_model=None,
         reward_model=CallableReward(lambda prompts, completions: reward(queries.take(prompts), completions)),
         train_dataset=queries, value_model=value, peft_config=get_peft_config(model_config), extra_logs=extra_logs)
-    if not config.disable_tqdm:
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(_RewardBar(reward.history))
-    stopped = None
-    try:
-        trainer.train()
-    except BudgetExhausted as stop:  # raised while scoring a rollout, before that update's optimizer step
-        stopped = str(stop)
-        logger.warning("%s; saving the policy after %d PPO steps", stop, trainer.state.global_step)
+    stopped = train_within_budget(trainer, reward.history, "PPO", kl_key="objective/kl")
 
     model = trainer.accelerator.unwrap_model(trainer.model).policy.eval()
     after = probe_actions(model, fmt, probe)
