@@ -61,6 +61,7 @@ def test_trpo_learns_the_preferred_action_within_the_trust_region(tmp_path, monk
     setup, folder, kls = _train(tmp_path, monkeypatch, features, embedder)
     meta = json.loads((folder / "policy.json").read_text())
     assert meta["kind"] == "classic" and meta["state_features"] == features and meta["actions"] == NAMES
+    assert meta["probe_after"]["deepen"] > meta["probe_before"]["deepen"] + 0.3
     policy = load_policy(str(folder), ACTIONS)
     assert isinstance(policy, ClassicPolicy)
     states = [setup.pool.seeds[i] for i in range(4)]

@@ -177,6 +177,14 @@ def train(setup, config: ClassicConfig) -> Path:
         policy = mlp([features.size, *config.hidden_sizes, len(names)], out_scale=0.1)
         value = mlp([features.size, *config.hidden_sizes, 1])
     value_opt = torch.optim.Adam(value.parameters(), lr=config.value_lr)
+    probe = setup.pool.seeds[:8]  # P(action) on a few seed states, before and after, like the LLM trainers
+
+    def probe_actions() -> dict[str, float]:
+        with torch.no_grad():
+            mean = torch.softmax(policy(features(probe)), -1).mean(0).tolist()
+        return {n: round(p, 4) for n, p in zip(names, mean, strict=True)}
+
+    before = probe_actions()
     gen = torch.Generator().manual_seed(derive_seed(config.seed, "classic", "actions"))
     reward = setup.reward(lambda a: a)  # the MLP names actions directly: nothing to parse
     slots = list(range(len(setup.pool)))
@@ -242,7 +250,8 @@ def train(setup, config: ClassicConfig) -> Path:
         write_policy_meta(tmp, "classic", names, algorithm="classic", state_features=config.state_features,
                           hidden=list(config.hidden_sizes), depth=setup.policy_args.depth,
                           embedding_model=config.state_embedding_model if embedder else None,
-                          reward_per_update=[round(r, 4) for r in per_update], stopped=stopped)
+                          reward_per_update=[round(r, 4) for r in per_update], stopped=stopped,
+                          probe_before=before, probe_after=probe_actions())
     return setup.policy_dir
 
 
