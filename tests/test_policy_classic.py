@@ -145,3 +145,17 @@ def test_cli_unknown_algorithm_is_one_line_and_exit_2(capsys):
     rc = cli.main(["train-policy", "--config", "recipes/smollm2-135m/policy/config_classic.yaml", "--algorithm", "dqn"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "unknown algorithm 'dqn'" in err and "algorithm" in err
+
+
+def test_module_entry_point_runs_the_train_policy_command():
+    """``python -m teams_rl.policy`` (what ``accelerate launch -m teams_rl.policy`` runs) is the CLI stage."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "teams_rl.policy", "--config",
+                           "recipes/smollm2-135m/policy/config_classic.yaml", "--algorithm", "dqn"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "error: algorithm: unknown algorithm 'dqn' (choose from ppo, grpo, classic)"
