@@ -85,7 +85,7 @@ def to_pairs(rows: Sequence[Row], tokenizer) -> list[tuple[str, str]]:
 def read_rows(path: str | Path) -> list[Row]:
     """Rows from a teams-rl dataset folder or a JSON/JSONL file of instruction/input/response, prompt/completion,
     messages or text records."""
-    from teams_rl.chat import to_prompt_completion
+    from teams_rl.sft_data import row_to_chat
 
     path = Path(path)
     file = path / "rows.jsonl" if path.is_dir() else path
@@ -98,19 +98,11 @@ def read_rows(path: str | Path) -> list[Row]:
         raise TeamsRLError(f"not JSON/JSONL: {err}", file=str(file)) from None
     rows = []
     for i, rec in enumerate(records):
-        if "text" in rec:
-            rows.append({"text": rec["text"]})
-        elif "prompt" in rec and "completion" in rec:
-            p, c = rec["prompt"], rec["completion"]
-            rows.append({"prompt": [{"role": "user", "content": p}] if isinstance(p, str) else p,
-                         "completion": [{"role": "assistant", "content": c}] if isinstance(c, str) else c})
-        elif "messages" in rec:
-            rows.append({"prompt": rec["messages"][:-1], "completion": rec["messages"][-1:]})
-        elif "instruction" in rec and "response" in rec:
-            rows.append(to_prompt_completion(rec["instruction"], rec.get("input") or "", rec["response"]))
-        else:
+        chat = {"text": rec["text"]} if "text" in rec else row_to_chat(rec, source=str(file))
+        if chat is None:
             raise TeamsRLError("a row needs text, prompt/completion, messages or instruction/response", file=str(file),
                                line=i + 1)
+        rows.append(chat)
     return rows
 
 

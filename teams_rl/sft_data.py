@@ -100,36 +100,46 @@ def _messages(turns) -> list[dict]:
     return [{"role": t["role"], "content": t["content"]} for t in turns]
 
 
+def row_to_chat(row: dict, columns: Columns = Columns(), source: str = "") -> dict | None:
+    """One record → ``{"prompt": [user...], "completion": [assistant]}``: a prompt/completion pair (plain strings
+    become one user and one assistant turn), a ``messages`` conversation (the last assistant turn is the
+    completion) or an instruction/input/response row (teams-rl, Alpaca-like). None when it is none of these."""
+    if "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, str):
+            return {"prompt": [{"role": "user", "content": prompt}],
+                    "completion": [{"role": "assistant", "content": completion}]}
+        return {"prompt": _messages(prompt), "completion": _messages(completion)}
+    if "messages" in row:
+        turns = _messages(row["messages"])
+        if not turns or turns[-1]["role"] != "assistant":
+            raise TeamsRLError("a conversation must end with an assistant turn", file=source, field="messages")
+        return {"prompt": turns[:-1], "completion": turns[-1:]}
+    if columns.instruction in row and columns.response in row:
+        return to_prompt_completion(row[columns.instruction] or "", row.get(columns.input) or "",
+                                    row[columns.response] or "")
+    return None
+
+
 def to_chat(dataset, columns: Columns, source: str):
-    """Rows → ``{"prompt": [user...], "completion": [assistant]}``, whatever the source's format:
-    instruction/input/response rows (teams-rl, Alpaca-like), ``messages`` conversations (the last assistant
-    turn is the completion) or prompt/completion pairs (plain strings become one user and one assistant turn)."""
+    """A dataset's rows as prompt/completion chats (``row_to_chat``), the format chosen once from its columns."""
     names = set(dataset.column_names)
     if {"prompt", "completion"} <= names:
-        def convert(row):
-            prompt, completion = row["prompt"], row["completion"]
-            if isinstance(prompt, str):
-                return {"prompt": [{"role": "user", "content": prompt}],
-                        "completion": [{"role": "assistant", "content": completion}]}
-            return {"prompt": _messages(prompt), "completion": _messages(completion)}
+        keep = {"prompt", "completion"}
     elif "messages" in names:
-        def convert(row):
-            turns = _messages(row["messages"])
-            if not turns or turns[-1]["role"] != "assistant":
-                raise TeamsRLError("a conversation must end with an assistant turn", file=source, field="messages")
-            return {"prompt": turns[:-1], "completion": turns[-1:]}
+        keep = {"messages"}
     elif {columns.instruction, columns.response} <= names:
-        has_input = columns.input in names
-
-        def convert(row):
-            return to_prompt_completion(row[columns.instruction] or "", (row[columns.input] or "") if has_input
-                                        else "", row[columns.response] or "")
+        keep = {columns.instruction, columns.input, columns.response}
     else:
         missing = columns.instruction if columns.instruction not in names else columns.response
         raise TeamsRLError(f"missing column '{missing}' (columns found: {', '.join(sorted(names))}); set "
                            "instruction_column/input_column/response_column, or use messages or prompt/completion "
                            "columns", file=source, field="response_column" if missing == columns.response
                            else "instruction_column")
+
+    def convert(row):
+        return row_to_chat({k: v for k, v in row.items() if k in keep}, columns, source)
+
     return _drop_empty(dataset.map(convert, remove_columns=dataset.column_names), source)
 
 
