@@ -17,7 +17,8 @@ from teams_rl.errors import TeamsRLError
 
 ROLE_FIELDS: list[tuple[str, type, object, str]] = [
     ("model", str, "smollm2-135m", "Hub id, local folder, or an embedded model name (smollm2-135m)."),
-    ("backend", str, "transformers", "transformers (in-process), openai (any OpenAI-compatible server) or vllm."),
+    ("backend", str, "transformers", "transformers (in-process), openai (any OpenAI-compatible server), or python "
+                                "(model: package.module:factory, a backend of your own)."),
     ("base_url", str | None, None, "Server URL for the openai backend, e.g. http://localhost:8000/v1."),
     ("api_key_env", str, "OPENAI_API_KEY", "Name of the environment variable holding the API key (never the key)."),
     ("temperature", float, 0.7, "Sampling temperature; 0 means greedy."),

@@ -6,7 +6,7 @@ from teams_rl.errors import TeamsRLError
 from teams_rl.llm.base import Backend, SamplingParams
 from teams_rl.llm.ledger import Budget, Ledger, RoleClient
 
-BACKENDS = ("transformers", "openai")
+BACKENDS = ("transformers", "openai", "python")
 
 
 class BackendPool:
@@ -33,6 +33,8 @@ class BackendPool:
                                     api_key_env=settings.get("api_key_env", "OPENAI_API_KEY"),
                                     concurrency=settings.get("batch_size", 16),
                                     timeout_s=settings.get("timeout_s", 120.0), role=role)
+        elif kind == "python":
+            backend = _import_backend(settings["model"], role)
         elif kind == "vllm":
             # The protocol fits an in-process vLLM engine (batched generate, prompt logprobs for score), but it
             # is not written yet; a vLLM server behind the openai backend gives the same throughput today.
@@ -54,3 +56,19 @@ def sampling_from(settings: dict, **override) -> SamplingParams:
     values = {"temperature": settings["temperature"], "top_p": settings["top_p"],
               "max_new_tokens": settings["max_new_tokens"], **override}
     return SamplingParams(**values)
+
+
+def _import_backend(ref: str, role: str) -> Backend:
+    """``backend: python`` with ``model: package.module:factory``: an in-process backend of your own (a client for
+    an API we do not wrap, a replay of recorded answers, the scripted backends of the tests). ``factory()``
+    returns an object with ``model_id``, ``generate`` and (for logprob reviewers) ``score``."""
+    import importlib
+
+    module, _, attr = ref.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attr) if attr else None
+    except (ImportError, AttributeError) as err:
+        raise TeamsRLError(f"cannot import backend factory '{ref}': {err}", field=f"{role}_model") from None
+    if factory is None:
+        raise TeamsRLError(f"expected 'package.module:factory', got '{ref}'", field=f"{role}_model")
+    return factory()
