@@ -40,7 +40,10 @@ class SeedArguments(ScriptArguments):
     instruction_column: str = field(default="instruction", metadata={"help": "Column holding the instruction."})
     input_column: str | None = field(default="input", metadata={"help": "Optional column holding an input."})
     id_column: str | None = field(default="id", metadata={"help": "Optional id column (else a content hash)."})
-    max_seeds: int | None = field(default=None, metadata={"help": "Use only the first N seeds."})
+    max_seeds: int | None = field(default=None, metadata={"help": "Use only the first N seeds (after skip_seeds)."})
+    skip_seeds: int = field(default=0, metadata={
+        "help": "Skip the first N seeds, e.g. those a policy was trained on (train-policy's held_out_seeds keeps "
+                "the last ones out), so synthesis runs on held-out seeds."})
 
 
 @dataclass
@@ -102,7 +105,13 @@ def synthesize(seed_args: SeedArguments, args: SynthesisArguments, expert_args, 
     source = seed_args.dataset_name or BUILTIN
     seeds = load_seeds(source, instruction_column=seed_args.instruction_column,
                        input_column=seed_args.input_column, id_column=seed_args.id_column,
-                       split=seed_args.dataset_train_split, limit=seed_args.max_seeds)
+                       split=seed_args.dataset_train_split,
+                       limit=None if seed_args.max_seeds is None else seed_args.skip_seeds + seed_args.max_seeds)
+    if seed_args.skip_seeds:
+        if seed_args.skip_seeds >= len(seeds):
+            raise TeamsRLError(f"skip_seeds={seed_args.skip_seeds} leaves no seed ({len(seeds)} in {source})",
+                               field="skip_seeds")
+        seeds = seeds[seed_args.skip_seeds:]
     if shard is not None:
         seeds = shard_seeds(seeds, *shard)
     names = [n.strip() for n in args.actions.split(",")] if args.actions else None
