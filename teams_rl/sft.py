@@ -178,10 +178,20 @@ def build_trainer(script_args, training_args, model_args, mixture, callbacks=Non
     return trainer, sources, template, path
 
 
+def last_complete_checkpoint(out: Path) -> str | None:
+    """The newest ``checkpoint-N`` that was fully written. The Trainer writes trainer_state.json last, so a folder
+    without it is a save cut short by a kill; resuming from it would crash, so the one before it is used."""
+    steps = sorted(((int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*")
+                    if p.is_dir() and p.name.split("-")[1].isdigit()), reverse=True)
+    for _, folder in steps:
+        if (folder / "trainer_state.json").is_file():
+            return str(folder)
+        logger.warning("%s was not fully written (killed while saving?); resuming from an earlier one", folder)
+    return None
+
+
 def run(script_args, training_args, model_args, mixture, *, recipe: str | None = None, argv=(), callbacks=None):
     """Fine-tune; returns the final folder (``adapter/`` or ``model/``) on the main process, else None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     _check_setup(training_args, model_args)
     out = Path(training_args.output_dir)
     final = out / ("adapter" if model_args.use_peft else "model")
@@ -190,7 +200,7 @@ def run(script_args, training_args, model_args, mixture, *, recipe: str | None =
         return final
     trainer, sources, template, path = build_trainer(script_args, training_args, model_args, mixture, callbacks)
     tokenizer, eval_set = trainer.processing_class, trainer.eval_dataset
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    last = last_complete_checkpoint(out)
     resume = training_args.resume_from_checkpoint or last
     if resume:
         logger.info("resuming from %s", resume)

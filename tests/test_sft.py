@@ -352,3 +352,15 @@ def test_cli_exits_2_with_one_line_for_user_errors(tmp_path, capsys):
     assert main(["sft", "--config", str(RECIPE), "--dataset_name", missing, "--output_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {missing}: dataset_name:") and "\n" not in err
+
+
+def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
+    from teams_rl.sft import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path) is None
+    for step in (2, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-12").mkdir()  # weights saved, trainer_state.json not yet: killed mid-save
+    (tmp_path / "checkpoint-12" / "adapter_model.safetensors").write_bytes(b"")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # by step, not by name
