@@ -25,6 +25,8 @@ STAGES = {
     "sft": "Fine-tune a Llama-family model on a dataset with TRL's SFTTrainer (LoRA, QLoRA or full).",
     "evaluate": "lm-eval on the base and tuned model, dataset metrics and the membership-inference (privacy) test.",
     "metrics": "Dataset metrics (size, lengths, actions, diversity, near-duplicates, queries per row) and plots.",
+    "push": "Upload a run's dataset or model to the Hugging Face Hub with its card (private by default).",
+    "run": "The whole pipeline from one recipe: train-policy, synthesize, sft, evaluate, push; resumable; report.",
 }
 
 
@@ -126,8 +128,20 @@ def _metrics(argv: list[str]) -> None:
     cli(argv)
 
 
+def _push(argv: list[str]) -> None:
+    from teams_rl.hub import cli
+
+    cli(argv)
+
+
+def _run(argv: list[str]) -> None:
+    from teams_rl.pipeline import cli
+
+    cli(argv)
+
+
 HANDLERS = {"train-policy": _train_policy, "synthesize": _synthesize, "merge": _merge, "ledger": _ledger,
-            "sft": _sft, "evaluate": _evaluate, "metrics": _metrics}
+            "sft": _sft, "evaluate": _evaluate, "metrics": _metrics, "push": _push, "run": _run}
 
 
 def main(argv: list[str] | None = None) -> int:
