@@ -150,3 +150,26 @@ def roc(curves: dict[str, dict], path: Path, title: str = "Membership inference 
     ax.set_ylim(0, 1.01)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
+
+
+def action_mix_by_policy(metrics_by_policy: dict[str, dict], path: Path) -> Path:
+    """Actions each policy chose (kept + eliminated) and kept, side by side: what the trained policy changed."""
+    import numpy as np
+
+    plt = _pyplot()
+    names = sorted({a for m in metrics_by_policy.values() for part in ("kept", "eliminated") for a in m["actions"][part]})
+    names = names or ["(none)"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    x, width = np.arange(len(names)), 0.8 / max(len(metrics_by_policy), 1)
+    for i, (label, m) in enumerate(metrics_by_policy.items()):
+        kept, dropped = m["actions"]["kept"], m["actions"]["eliminated"]
+        chosen = [kept.get(n, 0) + dropped.get(n, 0) for n in names]
+        for ax, values in zip(axes, (chosen, [kept.get(n, 0) for n in names]), strict=True):
+            ax.bar(x + (i - (len(metrics_by_policy) - 1) / 2) * width, values, width, label=label)
+    for ax, title in zip(axes, ("Rewrites chosen (last action)", "Rows kept"), strict=True):
+        ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("rewrites")
+    fig.suptitle("Action mix per policy (same seeds, same models)")
+    return _save(fig, path)

@@ -133,12 +133,18 @@ def _algorithm(argv: list[str]) -> str:
     return name
 
 
+def argument_classes(argv: list[str]) -> tuple[type, ...]:
+    """The dataclasses a train-policy command line parses into (the shared ones, then the trainer's own)."""
+    module = importlib.import_module(ALGORITHMS[_algorithm(argv)])
+    return (SeedArguments, PolicyArguments, RewriterArguments, ReviewerArguments, ReviewArguments,
+            *module.CONFIG_CLASSES)
+
+
 def main(argv: list[str] | None = None) -> Path:
     """Train a policy; returns the saved policy folder."""
     argv = list(argv or [])
     module = importlib.import_module(ALGORITHMS[_algorithm(argv)])
-    shared = (SeedArguments, PolicyArguments, RewriterArguments, ReviewerArguments, ReviewArguments)
-    parsed, recipe = parse_args((*shared, *module.CONFIG_CLASSES), argv, "teams-rl train-policy")
+    parsed, recipe = parse_args(argument_classes(argv), argv, "teams-rl train-policy")
     seed_args, policy_args, rewriter_args, reviewer_args, review_args, *configs = parsed
     try:
         run_dir, seed, instructor = module.run_settings(*configs)

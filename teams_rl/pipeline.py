@@ -1,0 +1,386 @@
+"""``teams-rl run``: the whole method from one recipe (train-policy, synthesize, a random baseline, sft, evaluate,
+push), each stage a subprocess writing into one run folder, skipped when finished and resumed when it crashed."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from teams_rl.configs import parse_args, recipe_line
+from teams_rl.dataset_io import atomic_write_text
+from teams_rl.errors import TeamsRLError
+
+logger = logging.getLogger(__name__)
+
+STAGE_ORDER = ("train-policy", "synthesize", "baseline", "sft", "evaluate", "push")
+UPSTREAM = {"train-policy": (), "synthesize": ("train-policy",), "baseline": (), "sft": ("synthesize",),
+            "evaluate": ("synthesize", "sft"), "push": ("synthesize", "sft", "evaluate")}
+STATE_FILE = "pipeline.json"
+
+
+@dataclass
+class PipelineArguments:
+    """One experiment: which stage recipes to chain, what to change in them, and where the run lives."""
+
+    run_dir: str = field(default="runs/pipeline", metadata={
+        "help": "The run folder every stage writes into (policy/, dataset/, baseline-random/, sft/, eval/, report)."})
+    stages: list[str] = field(default_factory=lambda: list(STAGE_ORDER), metadata={
+        "help": "Stages to run, in order: train-policy synthesize baseline sft evaluate push. Leave one out to use "
+                "its recipe's own input instead (e.g. no train-policy: synthesis uses its recipe's policy)."})
+    policy_recipe: str | None = field(default=None, metadata={"help": "train-policy recipe (policy/config_*.yaml)."})
+    policy_overrides: list[str] = field(default_factory=list, metadata={
+        "help": "key=value changes to the policy recipe, e.g. max_steps=12."})
+    policy_launcher: str | None = field(default=None, metadata={
+        "help": "Launch train-policy with this command + `-m teams_rl.policy`, e.g. 'accelerate launch "
+                "--config_file accelerate_configs/ddp.yaml'. Default: this Python."})
+    synthesize_recipe: str | None = field(default=None, metadata={"help": "synthesize recipe (synthesize/*.yaml)."})
+    synthesize_overrides: list[str] = field(default_factory=list, metadata={
+        "help": "key=value changes to the synthesis recipe (also applied to the random baseline)."})
+    baseline_overrides: list[str] = field(default_factory=list, metadata={
+        "help": "key=value changes for the random baseline only (same seeds, the uniform-random policy)."})
+    sft_recipe: str | None = field(default=None, metadata={"help": "sft recipe (sft/config_*.yaml)."})
+    sft_overrides: list[str] = field(default_factory=list, metadata={"help": "key=value changes to the SFT recipe."})
+    sft_launcher: str | None = field(default=None, metadata={
+        "help": "Launch SFT with this command + `-m teams_rl.sft`, e.g. 'accelerate launch --config_file "
+                "accelerate_configs/deepspeed_zero2.yaml'. Default: this Python."})
+    eval_recipe: str | None = field(default=None, metadata={"help": "evaluate recipe (eval/config.yaml)."})
+    eval_overrides: list[str] = field(default_factory=list, metadata={"help": "key=value changes to the eval recipe."})
+    push_dataset_repo_id: str | None = field(default=None, metadata={"help": "push: the dataset's Hub repo (USER/NAME)."})
+    push_model_repo_id: str | None = field(default=None, metadata={"help": "push: the model's Hub repo (USER/NAME)."})
+    push_revision: str | None = field(default=None, metadata={"help": "push: a branch per experiment (default main)."})
+    push_public: bool = field(default=False, metadata={"help": "push: create public repos (default private)."})
+    push_overwrite: bool = field(default=False, metadata={
+        "help": "push: replace what an earlier push left at push_revision (otherwise such a push is refused)."})
+
+
+@dataclass
+class RunOptions:
+    """How to run the pipeline now (not part of the experiment)."""
+
+    dry_run: bool = field(default=False, metadata={"help": "Print the stages, their commands and what is done; run nothing."})
+    redo: str | None = field(default=None, metadata={
+        "help": "Run this stage and every later one again; their old outputs move to RUN_DIR/superseded/."})
+
+
+@dataclass
+class Stage:
+    name: str
+    commands: list[list[str]]
+    done_marker: Path
+    outputs: list[Path]
+    fingerprint: str
+    recipe: str | None = None
+    note: str = ""
+
+
+# Keys the pipeline sets so that stages find each other's outputs; overriding them would break the chain.
+FORCED = {"train-policy": {"output_dir"}, "synthesize": {"output_dir", "policy"}, "baseline": {"output_dir", "policy"},
+          "sft": {"output_dir", "dataset_name"}, "evaluate": {"output_dir", "tuned_model", "dataset", "privacy_sft_config"}}
+
+
+def _flags(pairs: list[str], option: str, stage: str, recipe: str | None) -> list[str]:
+    out = []
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise TeamsRLError(f"expected key=value, got '{pair}'", file=recipe, line=recipe_line(recipe, option),
+                               field=option)
+        if key.strip() in FORCED.get(stage, ()):
+            raise TeamsRLError(f"'{key.strip()}' is set by the pipeline (from run_dir) so stages find each other",
+                               file=recipe, line=recipe_line(recipe, option), field=option)
+        out += [f"--{key.strip()}", *shlex.split(value)]
+    return out
+
+
+def _python(*module: str) -> list[str]:
+    return [sys.executable, "-m", *module]
+
+
+def _launcher(custom: str | None, module: str, stage: str) -> list[str]:
+    return shlex.split(custom) + ["-m", module] if custom else _python("teams_rl.cli", stage)
+
+
+def _fingerprint(argv: list[str], recipe: str | None, upstream: list[str]) -> str:
+    text = Path(recipe).read_text(encoding="utf-8") if recipe and Path(recipe).is_file() else ""
+    blob = json.dumps({"argv": argv, "recipe": text, "upstream": upstream}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _need(value: str | None, option: str, stage: str, recipe: str | None) -> str:
+    if not value:
+        raise TeamsRLError(f"stage '{stage}' is in `stages` but has no recipe", file=recipe, field=option)
+    return value
+
+
+def plan(args: PipelineArguments, recipe: str | None = None) -> list[Stage]:
+    """The stages to run with their exact command lines, in order."""
+    unknown = [s for s in args.stages if s not in STAGE_ORDER]
+    if unknown:
+        raise TeamsRLError(f"unknown stage '{unknown[0]}' (choose from {', '.join(STAGE_ORDER)})", file=recipe,
+                           line=recipe_line(recipe, "stages"), field="stages")
+    run = Path(args.run_dir)
+    on = [s for s in STAGE_ORDER if s in args.stages]
+    stages: dict[str, Stage] = {}
+
+    def add(name: str, commands: list[list[str]], marker: Path, outputs: list[Path], stage_recipe: str | None,
+            argv: list[str], note: str = "") -> None:
+        ups = [stages[u].fingerprint for u in UPSTREAM[name] if u in stages]
+        stages[name] = Stage(name, commands, marker, outputs, _fingerprint(argv, stage_recipe, ups), stage_recipe, note)
+
+    if "train-policy" in on:
+        r = _need(args.policy_recipe, "policy_recipe", "train-policy", recipe)
+        argv = ["--config", r, *_flags(args.policy_overrides, "policy_overrides", "train-policy", recipe),
+                "--output_dir", str(run)]
+        add("train-policy", [_launcher(args.policy_launcher, "teams_rl.policy", "train-policy") + argv],
+            run / "policy" / "policy.json", [run / "policy", run / "plots", run / "runs"], r, argv)
+    synth_flags = _flags(args.synthesize_overrides, "synthesize_overrides", "synthesize", recipe)
+    for name in ("synthesize", "baseline"):
+        if name not in on:
+            continue
+        r = _need(args.synthesize_recipe, "synthesize_recipe", name, recipe)
+        if name == "synthesize":
+            out, policy = run, ["--policy", str(run / "policy")] if "train-policy" in on else []
+            extra = []
+        else:
+            out, policy = run / "baseline-random", ["--policy", "random"]
+            extra = _flags(args.baseline_overrides, "baseline_overrides", "baseline", recipe)
+        argv = ["--config", r, *synth_flags, *extra, "--output_dir", str(out), *policy]
+        commands = [_python("teams_rl.cli", "synthesize") + argv]
+        if name == "baseline":  # the baseline's dataset metrics, for the policy-vs-random comparison
+            commands.append(_python("teams_rl.cli", "metrics", str(out / "dataset"), "--output_dir", str(out)))
+        add(name, commands, out / ("eval/metrics.json" if name == "baseline" else "dataset/summary.json"),
+            [out / "dataset", out / "eval"], r, argv)
+    if "sft" in on:
+        r = _need(args.sft_recipe, "sft_recipe", "sft", recipe)
+        argv = ["--config", r, *_flags(args.sft_overrides, "sft_overrides", "sft", recipe), "--output_dir",
+                str(run / "sft"), *(["--dataset_name", str(run / "dataset")] if "synthesize" in on else [])]
+        add("sft", [_launcher(args.sft_launcher, "teams_rl.sft", "sft") + argv],
+            run / "sft" / _sft_weights(argv, recipe) / "README.md", [run / "sft"], r, argv)
+    if "evaluate" in on:
+        r = _need(args.eval_recipe, "eval_recipe", "evaluate", recipe)
+        argv = ["--config", r, *_flags(args.eval_overrides, "eval_overrides", "evaluate", recipe),
+                "--output_dir", str(run)]
+        if "sft" in on:
+            argv += ["--tuned_model", str(stages["sft"].done_marker.parent),
+                     "--privacy_sft_config", str(run / "sft" / "config" / "sft.yaml")]
+        if "synthesize" in on:
+            argv += ["--dataset", str(run / "dataset")]
+        add("evaluate", [_python("teams_rl.cli", "evaluate") + argv], run / "eval" / "results.json",
+            [run / "eval"], r, argv)
+    if "push" in on:
+        common = [*(["--revision", args.push_revision] if args.push_revision else []),
+                  *(["--public"] if args.push_public else []), *(["--overwrite"] if args.push_overwrite else [])]
+        commands = [_python("teams_rl.cli", "push", kind, str(run), "--repo-id", repo, *common)
+                    for kind, repo in (("dataset", args.push_dataset_repo_id), ("model", args.push_model_repo_id))
+                    if repo]
+        argv = [c for cmd in commands for c in cmd[3:]]
+        note = "" if commands else "nothing to push: set push_dataset_repo_id and/or push_model_repo_id"
+        add("push", [c for c in commands if not _pushed(run, c)], run / "hub.json", [], None, argv, note)
+    return list(stages.values())
+
+
+def _pushed(run: Path, command: list[str]) -> bool:
+    """Already on the Hub (hub.json records it): a push stage resumed after its model upload failed must not push
+    the dataset again, which the Hub side would refuse without --overwrite."""
+    hub = run / "hub.json"
+    kind, repo = command[command.index("push") + 1], command[command.index("--repo-id") + 1]
+    revision = command[command.index("--revision") + 1] if "--revision" in command else None
+    entry = (json.loads(hub.read_text(encoding="utf-8")) if hub.is_file() else {}).get(kind) or {}
+    return entry.get("repo_id") == repo and (entry.get("revision") or "main") == (revision or "main")
+
+
+OVERRIDES = {"train-policy": "policy_overrides", "synthesize": "synthesize_overrides",
+             "baseline": "baseline_overrides", "sft": "sft_overrides", "evaluate": "eval_overrides"}
+
+
+def parse_stage(name: str, argv: list[str], recipe: str | None = None) -> tuple:
+    """A stage's command line parsed as the stage will parse it; a bad flag points at the pipeline's overrides."""
+    from teams_rl import evaluate, sft, synthesize
+    from teams_rl.policy import train
+
+    try:
+        if name == "train-policy":
+            return parse_args(train.argument_classes(argv), argv, "teams-rl train-policy")[0]
+        if name in ("synthesize", "baseline"):
+            return parse_args(synthesize.ARGUMENTS, argv, "teams-rl synthesize")[0]
+        if name == "sft":
+            return sft.parse(argv)[0]
+        return parse_args([evaluate.EvalArguments], argv, "teams-rl evaluate")[0]
+    except TeamsRLError as err:
+        raise err.located(recipe, recipe_line(recipe, OVERRIDES[name])) from None
+
+
+def _sft_weights(argv: list[str], recipe: str | None) -> str:
+    """adapter/ for LoRA and QLoRA, model/ for a full fine-tune (read from the parsed SFT command line)."""
+    return "adapter" if parse_stage("sft", argv, recipe)[2].use_peft else "model"
+
+
+def validate(stages: list[Stage], recipe: str | None = None) -> None:
+    """Parse every stage's command line now, so a typo in a recipe or an override fails before hours of work."""
+    for stage in stages:
+        if stage.recipe and stage.name != "sft":  # sft was parsed by plan()
+            parse_stage(stage.name, stage.commands[0][stage.commands[0].index("--config"):], recipe)
+
+
+def read_state(run_dir: Path) -> dict:
+    path = run_dir / STATE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"stages": {}}
+
+
+def _write_state(run_dir: Path, state: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+
+
+def status_of(stage: Stage, state: dict) -> str:
+    """done, changed (finished with another recipe or upstream), failed, interrupted, or to run."""
+    entry = state["stages"].get(stage.name, {})
+    if stage.note:
+        return "nothing to do"
+    if entry.get("status") == "done" and stage.done_marker.exists():
+        return "done" if entry.get("fingerprint") == stage.fingerprint else "changed"
+    if entry.get("status") == "running":  # the run lock is ours, so nobody runs it now: it was killed
+        return "interrupted"
+    return entry.get("status") if entry.get("status") in ("failed", "interrupted") else "to run"
+
+
+def _supersede(run_dir: Path, stages: list[Stage], first: str, state: dict) -> None:
+    names = [s.name for s in stages]
+    if first not in names:
+        raise TeamsRLError(f"--redo {first}: not a stage of this pipeline ({', '.join(names)})", field="redo")
+    moved = run_dir / "superseded" / time.strftime("%Y%m%d-%H%M%S")
+    for stage in stages[names.index(first):]:
+        for path in stage.outputs:
+            if path.exists():
+                target = moved / path.relative_to(run_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                path.rename(target)
+                logger.info("moved %s to %s", path, target)
+        state["stages"].pop(stage.name, None)
+    _write_state(run_dir, state)
+
+
+def _tee(command: list[str], log: Path) -> int:
+    """Run a stage, streaming its output to the console and to its log file (progress bars included)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("ab") as out:
+        out.write(f"\n$ {shlex.join(command)}\n".encode())
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        try:
+            while chunk := proc.stdout.read1(65536):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                out.write(chunk)
+        except KeyboardInterrupt:
+            proc.wait()
+            raise
+        return proc.wait()
+
+
+def execute(args: PipelineArguments, stages: list[Stage], recipe: str | None, redo: str | None = None,
+            console=None) -> dict:
+    """Run what is not done yet, in order; returns the final state. Raises on a stage that fails."""
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _lock(run_dir):
+        return _execute(args, stages, recipe, redo, console, run_dir)
+
+
+@contextlib.contextmanager
+def _lock(run_dir: Path):
+    """One pipeline per run folder at a time (a second one would interleave stages and corrupt the state)."""
+    import fcntl
+
+    with (run_dir / ".pipeline.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TeamsRLError("another `teams-rl run` is using this run folder", file=str(run_dir)) from None
+        yield
+
+
+def _execute(args, stages, recipe, redo, console, run_dir: Path) -> dict:
+    state = read_state(run_dir)
+    if redo:
+        _supersede(run_dir, stages, redo, state)
+    changed = [s.name for s in stages if status_of(s, state) == "changed"]
+    if changed:
+        raise TeamsRLError(f"stage '{changed[0]}' finished with another recipe or input than it has now: re-run with "
+                           f"--redo {changed[0]} (its old outputs move to superseded/), or use a new run_dir",
+                           file=recipe)
+    state["recipe"] = recipe
+    state["pipeline"] = dataclasses.asdict(args)
+    for stage in stages:
+        status = status_of(stage, state)
+        if status in ("done", "nothing to do"):
+            _say(console, f"[bold]{stage.name}[/bold]: {stage.note or 'done, skipped'}")
+            continue
+        _say(console, f"[bold]{stage.name}[/bold]: {'resuming' if status != 'to run' else 'running'}")
+        began = time.time()
+        entry = state["stages"][stage.name] = {"status": "running", "fingerprint": stage.fingerprint,
+                                               "started": began, "commands": [shlex.join(c) for c in stage.commands]}
+        _write_state(run_dir, state)
+        try:
+            for command in stage.commands:
+                code = _tee(command, run_dir / "logs" / f"{stage.name}.log")
+                if code != 0:
+                    entry.update(status="failed", exit_code=code, wall_s=time.time() - began)
+                    _write_state(run_dir, state)
+                    raise StageFailed(stage.name, code, run_dir)
+        except KeyboardInterrupt:
+            entry.update(status="interrupted", wall_s=time.time() - began)
+            _write_state(run_dir, state)
+            raise
+        entry.update(status="done", finished=time.time(), wall_s=time.time() - began)
+        _write_state(run_dir, state)
+    return state
+
+
+class StageFailed(Exception):
+    def __init__(self, stage: str, code: int, run_dir: Path):
+        super().__init__(f"stage '{stage}' failed (exit code {code}); its log: {run_dir / 'logs' / (stage + '.log')}. "
+                         "Fix the cause and run the same command again: finished stages are skipped and this one "
+                         "resumes from its checkpoint or ledger")
+        self.code = code
+
+
+def _say(console, text: str) -> None:
+    if console is not None:
+        console.print(text)
+    else:
+        logger.info(text)
+
+
+def cli(argv: list[str]) -> None:
+    """``teams-rl run --config recipes/<model>/pipeline.yaml [--dry-run] [--redo STAGE] [--key value ...]``."""
+    from rich.console import Console
+
+    from teams_rl.pipeline_report import print_plan, write_report
+
+    (args, options), recipe = parse_args([PipelineArguments, RunOptions], argv, "teams-rl run")
+    console = Console()
+    stages = plan(args, recipe)
+    validate(stages, recipe)
+    run_dir = Path(args.run_dir)
+    if options.dry_run:
+        print_plan(stages, read_state(run_dir), run_dir, console)
+        return
+    try:
+        execute(args, stages, recipe, options.redo, console)
+    except StageFailed as err:
+        write_report(run_dir, stages)
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise SystemExit(2 if err.code == 2 else 1) from None
+    report = write_report(run_dir, stages)
+    console.print(f"report: [bold]{report}[/bold] and [bold]{report.with_suffix('.html')}[/bold]")
