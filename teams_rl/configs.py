@@ -120,7 +120,8 @@ def _type_name(typ) -> str:
     return re.sub(r"\btyping\.|<class '(\w+)'>", r"\1", str(typ))
 
 
-def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None, prog: str | None = None):
+def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None, prog: str | None = None,
+               description: str | None = None):
     """Parse ``--config recipe.yaml`` plus CLI overrides into the dataclasses (CLI wins), via TRL's ``TrlParser``.
 
     Returns the dataclass instances and the recipe path (or None), and records where each key came from so
@@ -136,7 +137,7 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
             raise TeamsRLError("--config needs a path to a recipe YAML")
         recipe = argv[index + 1]
         validate_recipe(recipe, dataclass_types)
-    parser = TrlParser(list(dataclass_types), prog=prog)
+    parser = TrlParser(list(dataclass_types), prog=prog, description=description)
     try:
         parsed = parser.parse_args_and_config(argv)
     except ValueError as err:

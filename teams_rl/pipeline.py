@@ -362,13 +362,19 @@ def _say(console, text: str) -> None:
         logger.info(text)
 
 
+DESCRIPTION = """The whole method from one recipe: train-policy, synthesize (and a random baseline on the same seeds),
+sft, evaluate, push, each stage a process writing into run_dir. Finished stages are skipped, a killed one resumes
+from its ledger or checkpoint, a changed one is refused until --redo. Ends with run_dir/report.md and report.html.
+Example: teams-rl run --config recipes/smollm2-135m/pipeline.yaml [--dry-run] [--redo STAGE] [--key value ...]"""
+
+
 def cli(argv: list[str]) -> None:
     """``teams-rl run --config recipes/<model>/pipeline.yaml [--dry-run] [--redo STAGE] [--key value ...]``."""
     from rich.console import Console
 
     from teams_rl.pipeline_report import print_plan, write_report
 
-    (args, options), recipe = parse_args([PipelineArguments, RunOptions], argv, "teams-rl run")
+    (args, options), recipe = parse_args([PipelineArguments, RunOptions], argv, "teams-rl run", DESCRIPTION)
     console = Console()
     stages = plan(args, recipe)
     validate(stages, recipe)
