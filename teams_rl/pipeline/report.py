@@ -29,7 +29,7 @@ def print_plan(stages, state: dict, run_dir: Path, console) -> None:
     """The ``--dry-run`` view: each stage, whether it is done, and the exact commands it runs."""
     from rich.table import Table
 
-    from teams_rl.pipeline import status_of
+    from teams_rl.pipeline.run import status_of
 
     table = Table(title=f"teams-rl run: {run_dir}")
     for name in ("stage", "status", "recipe"):
@@ -65,7 +65,7 @@ def _load(path: Path) -> dict | None:
 
 def write_report(run_dir: Path, stages) -> Path:
     """Write report.md and report.html from what the stages left in the run folder; returns report.md."""
-    from teams_rl.pipeline import read_state
+    from teams_rl.pipeline.run import read_state
 
     run_dir = Path(run_dir)
     state = read_state(run_dir)
@@ -220,7 +220,7 @@ def _evaluation(run_dir: Path) -> list[str]:
 
 
 def _stage_table(stages, state: dict) -> list[str]:
-    from teams_rl.pipeline import status_of
+    from teams_rl.pipeline.run import status_of
 
     lines = ["## Stages", "", "| stage | status | wall time |", "|---|---|---:|"]
     for stage in stages:
