@@ -243,3 +243,27 @@ def test_run_killed_during_sft_resumes_from_its_checkpoint(tiny_model_dir, tmp_p
     assert resumed and 2 <= int(resumed.group(1)) <= 4, again.stdout[-3000:]  # not from scratch
     trainer_state = json.loads((run / "sft" / "checkpoint-40" / "trainer_state.json").read_text())
     assert trainer_state["global_step"] == 40 and (run / "sft" / "adapter" / "README.md").is_file()
+
+
+@pytest.mark.parametrize("recipe", sorted(ROOT.glob("recipes/*/pipeline.yaml")), ids=lambda p: p.parent.name)
+def test_every_pipeline_recipe_plans_and_every_stage_command_parses(recipe, monkeypatch):
+    from teams_rl.configs import parse_args
+    from teams_rl.pipeline.plan import PipelineArguments, plan, validate
+
+    monkeypatch.chdir(ROOT)
+    # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU-only machine unless use_cpu is set.
+    raw = yaml.safe_load(recipe.read_text())
+    cpu = {"policy_overrides": [*raw["policy_overrides"], "use_cpu=true"],
+           "sft_overrides": [*raw["sft_overrides"], "use_cpu=true"]} if "bf16" in (ROOT / raw["sft_recipe"]).read_text() else {}
+    argv = ["--config", str(recipe)] + [x for k, v in cpu.items() for x in (f"--{k}", *v)]
+    (args,), path = parse_args([PipelineArguments], argv)
+    stages = plan(args, path)
+    validate(stages, path)
+    assert [s.name for s in stages] == raw["stages"]
+    by_name = {s.name: s for s in stages}
+    synth = by_name["synthesize"].commands[0]
+    assert synth[synth.index("--policy") + 1] == str(Path(args.run_dir) / "policy")
+    sft = by_name["sft"].commands[0]
+    assert sft[sft.index("--dataset_name") + 1] == str(Path(args.run_dir) / "dataset")
+    for stage in stages:  # every recipe a stage names exists
+        assert stage.recipe is None or (ROOT / stage.recipe).is_file()
