@@ -19,6 +19,12 @@ def privacy_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
     return out
 
 
+def privacy_markdown(results: dict) -> str:
+    """The membership-inference table as GitHub Markdown."""
+    lines = ["| model | signal | ROC AUC | 95% bootstrap | members / non-members |", "|---|---|---:|---:|---:|"]
+    return "\n".join(lines + [f"| {' | '.join(row)} |" for row in privacy_rows(results)])
+
+
 def markdown_report(results: dict) -> str:
     """results.md: models and versions, the benchmark table, the privacy table, a dataset summary."""
     models = results["models"]
@@ -37,9 +43,7 @@ def markdown_report(results: dict) -> str:
     if results.get("privacy"):
         p = results["privacy"]
         lines += ["## Membership inference (privacy)", "", f"Rows: {p['members']} members vs {p['non_members']} "
-                  f"non-members ({p['source']}). {p['note']}.", "",
-                  "| model | signal | ROC AUC | 95% bootstrap | members / non-members |", "|---|---|---:|---:|---:|"]
-        lines += [f"| {' | '.join(row)} |" for row in privacy_rows(results)] + [""]
+                  f"non-members ({p['source']}). {p['note']}.", "", privacy_markdown(results), ""]
     if results.get("metrics"):
         m = results["metrics"]
         lines += ["## Dataset", "", f"{m['rows']} rows; " + ", ".join(f"{k} {v:.3f}" for k, v in m["diversity"].items())

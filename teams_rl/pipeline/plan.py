@@ -173,10 +173,11 @@ def plan(args: PipelineArguments, recipe: str | None = None) -> list[Stage]:
 def _pushed(run: Path, command: list[str]) -> bool:
     """Already on the Hub (hub.json records it): a push stage resumed after its model upload failed must not push
     the dataset again, which the Hub side would refuse without --overwrite."""
-    hub = run / "hub.json"
+    from teams_rl.hub import read_pushes
+
     kind, repo = command[command.index("push") + 1], command[command.index("--repo-id") + 1]
     revision = command[command.index("--revision") + 1] if "--revision" in command else None
-    entry = (json.loads(hub.read_text(encoding="utf-8")) if hub.is_file() else {}).get(kind) or {}
+    entry = read_pushes(run).get(kind) or {}
     return entry.get("repo_id") == repo and (entry.get("revision") or "main") == (revision or "main")
 
 

@@ -165,42 +165,32 @@ def _summary(run_dir: Path, policy: dict | None, random: dict | None) -> list[st
 
 def _queries(run_dir: Path) -> list[str]:
     """Every LLM call of the run per role, from the ledgers (policy training and synthesis share the run's)."""
-    from teams_rl.llm.ledger import Ledger
+    from teams_rl.cards import ledger_markdown
 
-    lines = ["## Queries per role (ledgers)", "", "| ledger | role | calls | prompt tokens | completion tokens |",
-             "|---|---|---:|---:|---:|"]
-    found = False
-    for name, path in (("run (policy training + synthesis)", run_dir / "ledger.sqlite"),
-                       ("random baseline", run_dir / "baseline-random" / "ledger.sqlite")):
-        if not path.is_file():
-            continue
-        ledger = Ledger(path)
-        try:
-            for role, t in sorted(ledger.totals().items()):
-                found = True
-                lines.append(f"| {name} | {role} | {t.calls:,} | {t.prompt_tokens:,} | {t.completion_tokens:,} |")
-        finally:
-            ledger.close()
-    return [*lines, "", "The instructor runs in-process (one forward pass per choice) and is not an LLM query.",
-            ""] if found else []
+    lines = []
+    for name, path in (("Run (policy training + synthesis)", run_dir / "ledger.sqlite"),
+                       ("Random baseline", run_dir / "baseline-random" / "ledger.sqlite")):
+        if path.is_file():
+            lines += [f"**{name}**", "", ledger_markdown(path), ""]
+    return ["## Queries per role (ledgers)", "", *lines, "The instructor runs in-process (one forward pass per "
+            "choice) and is not an LLM query.", ""] if lines else []
 
 
 def _policy(run_dir: Path) -> list[str]:
+    from teams_rl.cards import markdown_table
+    from teams_rl.report import policy_table
+
     meta = _load(run_dir / "policy" / "policy.json")
     if not meta:
         return []
-    lines = ["## Policy", "", f"{meta.get('algorithm', meta.get('kind'))} on `{meta.get('base_model')}`, "
-             f"{meta.get('steps', '?')} steps" + (f", stopped: {meta['stopped']}" if meta.get("stopped") else "")
-             + ". P(action) on probe states before and after training:", "",
-             "| action | before | after |", "|---|---:|---:|"]
-    before, after = meta.get("probe_before") or {}, meta.get("probe_after") or {}
-    lines += [f"| {a} | {_fmt(before.get(a))} | {_fmt(after.get(a))} |" for a in meta.get("actions", [])]
-    return [*lines, ""]
+    return ["## Policy", "", f"{meta.get('algorithm', meta.get('kind'))} on `{meta.get('base_model')}`, "
+            f"{meta.get('steps', '?')} steps" + (f", stopped: {meta['stopped']}" if meta.get("stopped") else "")
+            + ". P(action) on probe states before and after training:", "", markdown_table(policy_table(meta)), ""]
 
 
 def _evaluation(run_dir: Path) -> list[str]:
     from teams_rl import lmeval
-    from teams_rl.eval_report import privacy_rows
+    from teams_rl.eval_report import privacy_markdown
 
     results = _load(run_dir / "eval" / "results.json")
     if not results:
@@ -210,9 +200,7 @@ def _evaluation(run_dir: Path) -> list[str]:
         lines += ["## Base vs tuned (lm-eval)", "", lmeval.markdown_table(results["table"])]
     if results.get("privacy"):
         lines += ["## Membership inference (privacy)", "", "ROC AUC near 0.5: the model does not tell its training "
-                  "rows from held-out ones.", "", "| model | signal | ROC AUC | 95% bootstrap | members / non-members |",
-                  "|---|---|---:|---:|---:|"]
-        lines += [f"| {' | '.join(row)} |" for row in privacy_rows(results)] + [""]
+                  "rows from held-out ones.", "", privacy_markdown(results), ""]
         if results["privacy"]["non_members"] < 20:
             lines += [f"Only {results['privacy']['non_members']} non-members (the rows SFT held out): these AUCs "
                       "and their intervals say little; hold out more rows (`test_split_size`) for a real test.", ""]
