@@ -78,14 +78,9 @@ def plot_loss(log_history: Sequence[dict], out: str | Path, title: str = "") -> 
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h and "step" in h]
     if not train and not evals:
         return None
-    import matplotlib
+    from teams_rl.eval_plots import _pyplot, _save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
     if train:
         ax.plot(*zip(*train, strict=True), color="#1f4e79", lw=1.5, marker="." if len(train) < 50 else None,
                 label="train loss")
@@ -96,10 +91,7 @@ def plot_loss(log_history: Sequence[dict], out: str | Path, title: str = "") -> 
     ax.set_title(f"SFT loss {title}".strip())
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, Path(out))
 
 
 def _fmt(value) -> str:

@@ -18,18 +18,14 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
 
 def plot_training(history: Sequence[dict], out_dir: str | Path, title: str = "") -> list[Path]:
     """``history``: one ``StepStats.log_dict(prefix="")`` per step. Writes reward.png and action_mix.png."""
-    import matplotlib
+    from teams_rl.eval_plots import _pyplot, _save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if not history:
         return []
     steps = list(range(1, len(history) + 1))
     window = max(1, len(history) // 10)
-    written = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
     reward = [h.get("reward_mean", 0.0) for h in history]
@@ -42,10 +38,7 @@ def plot_training(history: Sequence[dict], out_dir: str | Path, title: str = "")
     ax.set_title(f"Reward {title}".strip())
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    written.append(out_dir / "reward.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written = [_save(fig, out_dir / "reward.png")]
 
     names = sorted({k[len("action_"):] for h in history for k in h if k.startswith("action_")})
     if names:
@@ -58,8 +51,5 @@ def plot_training(history: Sequence[dict], out_dir: str | Path, title: str = "")
         ax.set_ylim(0, 1)
         ax.set_title(f"Action mix {title}".strip())
         ax.legend(loc="upper left", fontsize=7, ncol=2)
-        fig.tight_layout()
-        written.append(out_dir / "action_mix.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save(fig, out_dir / "action_mix.png"))
     return written
