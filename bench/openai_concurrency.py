@@ -14,8 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from teams_rl.llm.base import GenerationRequest, SamplingParams  # noqa: E402
-from teams_rl.llm.openai_backend import OpenAIBackend  # noqa: E402
+from teams_rl.core.entry import prepare_process
+
+prepare_process()  # before torch is imported: the CPU thread setting and the warning filters
+
+from teams_rl.llm.base import GenerationRequest, SamplingParams
+from teams_rl.llm.openai_backend import OpenAIBackend
 
 GOAL = 20.0
 

@@ -12,24 +12,24 @@ saw them. Each policy gets its own run folder under ``--out`` (so a re-run is an
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import sys
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from teams_rl.dataset_io import load_rows  # noqa: E402
-from teams_rl.metrics import distinct_n, vendi_score  # noqa: E402
-from teams_rl.reviewer import load_embedder  # noqa: E402
-from teams_rl.seeds import BUILTIN, load_seeds  # noqa: E402
-from teams_rl.synthesize import main as synthesize  # noqa: E402
+from teams_rl.core.entry import prepare_process
+
+prepare_process()  # before torch is imported: the CPU thread setting and the warning filters
+
+from teams_rl.env.dataset import load_rows
+from teams_rl.env.seeds import BUILTIN, load_seeds
+from teams_rl.evaluate.metrics import distinct_n, vendi_score
+from teams_rl.llm.embeddings import load_embedder
+from teams_rl.synthesize.run import main as synthesize
 
 GOALS = {"acceptance": 1.2, "vendi": 1.1}
 COLUMNS = ("acceptance", "graded", "distinct2", "vendi", "expert_per_row")

@@ -15,24 +15,24 @@ sides (same rows, template and loss mask; a fresh LoRA adapter does not change t
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from teams_rl.core.entry import prepare_process
+
+prepare_process()  # before torch is imported: the CPU thread setting and the warning filters
 
 DATA = ROOT / "tests" / "fixtures" / "sft_dataset"
 STEP_GOAL = 1.05
@@ -70,7 +70,7 @@ def _timer(warmup: int):
 
 
 def _teams(model: str, steps: int, out: str, timer) -> None:
-    from teams_rl.sft import main
+    from teams_rl.sft.train import main
 
     argv = ["--model_name_or_path", model, "--dataset_name", str(DATA), "--output_dir", out, "--max_steps", str(steps),
             "--use_peft", "true", "--lora_target_modules", *TARGETS, "--dtype", "float32", "--test_split_size", "0"]
@@ -87,7 +87,7 @@ def _bare(model: str, steps: int, out: str, timer) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from teams_rl.models import resolve_model  # only to find the embedded model's folder
+    from teams_rl.core.refs import resolve_model  # only to find the embedded model's folder
 
     path = resolve_model(model)
     rows = [json.loads(line) for line in (DATA / "rows.jsonl").read_text().splitlines() if line.strip()]

@@ -14,29 +14,30 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from teams_rl.actions import load_actions  # noqa: E402
-from teams_rl.env import EvolutionEnv, State, derive_seed  # noqa: E402
-from teams_rl.llm.base import GenerationRequest, SamplingParams  # noqa: E402
-from teams_rl.llm.ledger import Budget, Ledger, RoleClient  # noqa: E402
-from teams_rl.llm.transformers_backend import TransformersBackend  # noqa: E402
-from teams_rl.policy.random import RandomPolicy  # noqa: E402
-from teams_rl.reviewer import Reviewer, load_embedder  # noqa: E402
-from teams_rl.seeds import load_seeds  # noqa: E402
+from teams_rl.core.entry import prepare_process
+
+prepare_process()  # before torch is imported: the CPU thread setting and the warning filters
+
+from teams_rl.env.actions import load_actions
+from teams_rl.env.environment import EvolutionEnv, State, derive_seed
+from teams_rl.env.reviewer import Reviewer
+from teams_rl.env.seeds import load_seeds
+from teams_rl.llm.base import GenerationRequest, SamplingParams
+from teams_rl.llm.embeddings import load_embedder
+from teams_rl.llm.ledger import Budget, Ledger, RoleClient
+from teams_rl.llm.transformers_backend import TransformersBackend
+from teams_rl.policy.random import RandomPolicy
 
 PIPELINE_GOAL = 0.95
 RUN_SEED = 7

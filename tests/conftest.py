@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
     """The embedded SmolLM2-135M-Instruct as a plain folder (converted once into the user cache, ~20 s)."""
-    from teams_rl.models import resolve_model
+    from teams_rl.core.refs import resolve_model
 
     return resolve_model("smollm2-135m")
 

@@ -4,11 +4,11 @@ import json
 import math
 from pathlib import Path
 
-from teams_rl.actions import load_actions
+from teams_rl.env.actions import load_actions
+from teams_rl.env.build import ReviewArguments, ReviewerArguments, SeedArguments
 from teams_rl.llm.factory import BackendPool
 from teams_rl.llm.scripted import ScriptedBackend
 from teams_rl.policy.train import PolicyArguments, RewriterArguments, build_setup
-from teams_rl.synthesize import ReviewArguments, ReviewerArguments, SeedArguments
 
 ACTIONS = load_actions()
 

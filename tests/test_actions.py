@@ -2,8 +2,8 @@
 
 import pytest
 
-from teams_rl.actions import CANONICAL_ORDER, PROMPTS_DIR, load_actions, load_prompt
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.env.actions import CANONICAL_ORDER, PROMPTS_DIR, load_actions, load_prompt
 
 GOOD = """\
 name: {name}

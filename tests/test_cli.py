@@ -85,9 +85,9 @@ def test_unreadable_recipe_and_missing_recipe(tmp_path):
 
 
 def test_shipped_recipe_parses():
-    from teams_rl.configs import parse_args
-    from teams_rl.seeds import load_seeds
-    from teams_rl.synthesize import ARGUMENTS
+    from teams_rl.core.recipes import parse_args
+    from teams_rl.env.seeds import load_seeds
+    from teams_rl.synthesize.run import ARGUMENTS
 
     (seed_args, args, expert, reviewer, review), _ = parse_args(ARGUMENTS, ["--config", str(RECIPE)])
     assert args.policy == "random" and expert.expert_model == "smollm2-135m"
@@ -118,7 +118,7 @@ def test_merge_without_shards_is_a_user_error(argv):
 
 def test_summary_json_is_valid(tmp_path):
     # write_dataset produces a summary a person (and the merge command) can read back
-    from teams_rl.dataset_io import load_rows, write_dataset
+    from teams_rl.env.dataset import load_rows, write_dataset
 
     write_dataset(tmp_path / "d", [{"id": "a/1", "instruction": "x"}], [], {"rows": 1})
     rows, rejected, summary = load_rows(tmp_path / "d")

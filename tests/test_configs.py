@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from teams_rl.configs import validate_recipe
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.recipes import validate_recipe
 
 
 @dataclass
@@ -35,7 +35,8 @@ def test_optional_text_annotations_accept_null_and_reject_other_types(tmp_path, 
 
 
 def test_synthesis_recipe_accepts_null_for_optional_keys(tmp_path):
-    from teams_rl.synthesize import ReviewArguments, ReviewerArguments, SeedArguments, SynthesisArguments
+    from teams_rl.env.build import ReviewArguments, ReviewerArguments, SeedArguments
+    from teams_rl.synthesize.run import SynthesisArguments
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("shard: null\nactions: null\nmax_seeds: null\n", encoding="utf-8")

@@ -4,8 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from teams_rl.actions import load_actions
-from teams_rl.env import (
+from teams_rl.env.actions import load_actions
+from teams_rl.env.environment import (
     EMPTY,
     LLM_ERROR,
     NO_GAIN,
@@ -18,11 +18,11 @@ from teams_rl.env import (
     derive_seed,
     screen,
 )
+from teams_rl.env.reviewer import Reviewer
+from teams_rl.env.seeds import Seed
 from teams_rl.llm.base import GenerationResult, SamplingParams
 from teams_rl.llm.ledger import Ledger, RoleClient
 from teams_rl.llm.scripted import ScriptedBackend
-from teams_rl.reviewer import Reviewer
-from teams_rl.seeds import Seed
 
 POEM = "Write a poem."
 KEPT = "Write a four-line poem about the sea that mentions a lighthouse."  # 11 words

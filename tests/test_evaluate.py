@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from teams_rl import lmeval
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.evaluate import lmeval as lmeval
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "sft_dataset"
@@ -124,7 +124,7 @@ def test_bad_task_in_a_recipe_exits_2_with_the_recipe_line(tmp_path, capsys):
 
 def test_evaluate_help_lists_every_key(capsys):
     from teams_rl.cli import main
-    from teams_rl.evaluate import EvalArguments
+    from teams_rl.evaluate.run import EvalArguments
 
     with pytest.raises(SystemExit) as done:
         main(["evaluate", "--help"])
@@ -148,7 +148,7 @@ def test_metrics_cli_on_the_fixture_writes_json_and_plots(tmp_path):
 
 
 def test_evaluate_end_to_end_on_the_tiny_model(tiny_model_dir, adapter_dir, tmp_path):
-    from teams_rl.evaluate import main
+    from teams_rl.evaluate.run import main
 
     members, others = tmp_path / "members.jsonl", tmp_path / "others.jsonl"
     rows = [json.loads(x) for x in (FIXTURE / "rows.jsonl").read_text().splitlines()]
@@ -186,8 +186,8 @@ def test_evaluate_end_to_end_on_the_tiny_model(tiny_model_dir, adapter_dir, tmp_
 
 @pytest.mark.parametrize("recipe", ["recipes/smollm2-135m/eval/config.yaml", "recipes/llama-3.1-8b/eval/config.yaml"])
 def test_shipped_recipes_parse(recipe):
-    from teams_rl.configs import parse_args
-    from teams_rl.evaluate import EvalArguments
+    from teams_rl.core.recipes import parse_args
+    from teams_rl.evaluate.run import EvalArguments
 
     (args,), _ = parse_args([EvalArguments], ["--config", str(REPO / recipe), "--privacy", "--limit", "5"])
     assert args.privacy is True and args.limit == 5  # a bare --privacy flag and CLI overrides win over the recipe

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from fake_hub_server import FakeHub
 
-from teams_rl.dataset_io import load_rows, write_dataset
+from teams_rl.env.dataset import load_rows, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_FAKEtoken1234567890"
@@ -79,8 +79,9 @@ def pipeline_run(tmp_path, tiny_model_dir) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from teams_rl import eval_dataset, lmeval
-    from teams_rl.sft_outputs import model_card
+    from teams_rl.evaluate import dataset_metrics as eval_dataset
+    from teams_rl.evaluate import lmeval as lmeval
+    from teams_rl.sft.card import model_card
 
     run = tmp_path / "runs" / "demo"
     rows = _synthesis_run(run, policy=str(run / "policy"))
@@ -263,8 +264,8 @@ def test_refusals_before_any_request(hub, tmp_path):
 
 def test_run_folder_layouts(tmp_path):
     """Every folder the stages write resolves to what to push and the run folder around it."""
-    from teams_rl.errors import TeamsRLError
-    from teams_rl.hub import find_dataset, find_model
+    from teams_rl.core.errors import TeamsRLError
+    from teams_rl.hub.push import find_dataset, find_model
 
     run = tmp_path / "run"
     for folder in ("dataset", "sft/adapter", "sft/merged", "baseline-random/dataset"):

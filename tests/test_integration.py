@@ -5,9 +5,9 @@ import json
 import datasets
 import pytest
 
-from teams_rl import synthesize as synth_mod
-from teams_rl.dataset_io import load_rows
+from teams_rl.env.dataset import load_rows
 from teams_rl.llm.ledger import Ledger
+from teams_rl.synthesize import run as synth_mod
 
 SEEDS = [
     {"id": "r1", "instruction": "Give three tips for sleeping better."},

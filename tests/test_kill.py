@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from teams_rl.dataset_io import load_rows
+from teams_rl.env.dataset import load_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = [{"id": f"k{i:02d}", "instruction": f"Explain idea number {i} to a beginner."} for i in range(12)]
@@ -18,7 +18,7 @@ SEEDS = [{"id": f"k{i:02d}", "instruction": f"Explain idea number {i} to a begin
 # Synthesis with the scripted LLMs, each batch slowed down so the parent has time to kill it mid-run.
 DRIVER = textwrap.dedent("""
     import sys, time
-    from teams_rl import synthesize
+    from teams_rl.synthesize import run as synthesize
     from teams_rl.llm.factory import BackendPool
     from tests.scripted import make_backend
 

@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from teams_rl.errors import BudgetExhausted
+from teams_rl.core.errors import BudgetExhausted
 from teams_rl.llm.base import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
 from teams_rl.llm.ledger import Budget, Ledger, RoleClient
 from teams_rl.llm.scripted import ScriptedBackend

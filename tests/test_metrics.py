@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from teams_rl.metrics import distinct_n, vendi_score, words
+from teams_rl.evaluate.metrics import distinct_n, vendi_score, words
 
 
 def test_words_split_punctuation_and_lowercase():
@@ -26,7 +26,7 @@ def test_vendi_of_identical_items_is_one_and_of_orthogonal_items_is_n():
 
 
 def test_near_duplicates_flags_the_crafted_twins_only():
-    from teams_rl.metrics import near_duplicates
+    from teams_rl.evaluate.metrics import near_duplicates
 
     texts = [
         "Write a short poem about the sea at night.",
@@ -47,7 +47,7 @@ def test_near_duplicates_flags_the_crafted_twins_only():
 
 
 def test_near_duplicates_rouge_counts_non_ascii_words():
-    from teams_rl.metrics import near_duplicates
+    from teams_rl.evaluate.metrics import near_duplicates
 
     texts = ["Опиши зиму в трёх словах.", "Опиши зиму в трёх словах!", "Назови столицу Франции."]
     out = near_duplicates(texts, np.eye(3))
@@ -55,7 +55,7 @@ def test_near_duplicates_rouge_counts_non_ascii_words():
 
 
 def test_summary_stats_by_hand():
-    from teams_rl.metrics import summary_stats
+    from teams_rl.evaluate.metrics import summary_stats
 
     s = summary_stats([1, 2, 3, 4, 5])
     assert (s["count"], s["mean"], s["median"], s["min"], s["max"]) == (5, 3.0, 3.0, 1.0, 5.0)
@@ -64,7 +64,7 @@ def test_summary_stats_by_hand():
 
 
 def test_dataset_metrics_counts_review_outcomes_and_actions():
-    from teams_rl.eval_dataset import dataset_metrics
+    from teams_rl.evaluate.dataset_metrics import dataset_metrics
 
     rows = [{"id": "a/1", "seed_id": "a", "instruction": "Do x.", "input": "", "response": "done x", "depth": 1,
              "actions": ["deepen"], "score_embedding": 0.2},

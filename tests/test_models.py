@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from teams_rl import models
-from teams_rl.errors import TeamsRLError
+from teams_rl.core import refs as models
+from teams_rl.core.errors import TeamsRLError
 
 
 def test_hub_ids_and_existing_paths_pass_through(tmp_path):
@@ -43,7 +43,7 @@ def test_concurrent_first_use_converts_into_one_complete_folder(tmp_path, monkey
         (Path(out) / "config.json").write_text("{}")
 
     monkeypatch.setattr(models, "_convert", fake_convert)
-    monkeypatch.setattr(models, "_sha256", lambda path: models.EMBEDDED["smollm2-135m"].sha256)
+    monkeypatch.setattr(models, "sha256", lambda path: models.EMBEDDED["smollm2-135m"].sha256)
     results, errors = [], []
 
     def worker():

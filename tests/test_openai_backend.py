@@ -12,7 +12,7 @@ import time
 import pytest
 from fake_openai_server import FakeOpenAIServer
 
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
 from teams_rl.llm.base import GenerationRequest, SamplingParams, ScoreRequest
 from teams_rl.llm.openai_backend import OpenAIBackend, _choice_logprobs
 

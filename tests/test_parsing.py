@@ -2,7 +2,7 @@
 
 import pytest
 
-from teams_rl.parsing import (
+from teams_rl.env.parsing import (
     copies_template_words,
     format_rewrite,
     is_only_punct_or_stopwords,

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from teams_rl.env import State
+from teams_rl.env.environment import State
 from teams_rl.llm.ledger import Budget
 from teams_rl.policy import classic, load_policy
 from teams_rl.policy.classic import ClassicConfig, ClassicPolicy, conjugate_gradient, gae
@@ -16,7 +16,7 @@ NAMES = [a.name for a in ACTIONS]
 
 @pytest.fixture(scope="module")
 def minilm():
-    from teams_rl.reviewer import load_embedder
+    from teams_rl.llm.embeddings import load_embedder
 
     return load_embedder("minilm")
 
@@ -102,10 +102,10 @@ def test_tensorboard_logs_and_budget_stop_still_saves(tmp_path, monkeypatch):
 
 
 def test_recipe_parses_and_must_name_the_rewriter(tmp_path, monkeypatch):
-    from teams_rl.configs import parse_args
-    from teams_rl.errors import TeamsRLError
+    from teams_rl.core.errors import TeamsRLError
+    from teams_rl.core.recipes import parse_args
+    from teams_rl.env.build import ReviewArguments, ReviewerArguments, SeedArguments
     from teams_rl.policy.train import PolicyArguments, RewriterArguments, build_setup
-    from teams_rl.synthesize import ReviewArguments, ReviewerArguments, SeedArguments
 
     shared = (SeedArguments, PolicyArguments, RewriterArguments, ReviewerArguments, ReviewArguments)
     (seeds, policy_args, rewriter, *_, config), _ = parse_args(

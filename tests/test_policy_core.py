@@ -5,9 +5,9 @@ import shutil
 import pytest
 import torch
 
-from teams_rl.actions import load_actions
-from teams_rl.env import State
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.env.actions import load_actions
+from teams_rl.env.environment import State
 from teams_rl.policy import load_policy
 from teams_rl.policy.instructor import InstructorFormat, InstructorPolicy, add_action_mask, write_policy_meta
 from teams_rl.policy.rollout import EpisodePool
@@ -57,7 +57,7 @@ def test_mask_lets_the_model_say_only_menu_digits(tiny_model_dir, tokenizer):
 
 
 def test_episode_pool_carries_kept_rewrites_until_depth():
-    from teams_rl.env import Transition
+    from teams_rl.env.environment import Transition
 
     seeds = [State("a", "A."), State("b", "B."), State("c", "C.")]
     pool = EpisodePool(seeds, depth=2, slots=2)
@@ -118,8 +118,8 @@ def test_policy_folder_errors(saved_instructor, tmp_path):
 
 
 def test_synthesis_runs_with_a_trained_policy_folder(saved_instructor, tmp_path, monkeypatch):
-    from teams_rl import synthesize
-    from teams_rl.dataset_io import load_rows
+    from teams_rl.env.dataset import load_rows
+    from teams_rl.synthesize import run as synthesize
     from tests.policy_helpers import write_seeds
 
     setup, _ = make_setup(tmp_path, monkeypatch)  # patches the backends with the scripted ones

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from trl import ModelConfig
 
-from teams_rl.configs import parse_args
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.recipes import parse_args
+from teams_rl.env.build import ReviewArguments, ReviewerArguments, SeedArguments
 from teams_rl.policy import grpo, load_policy
 from teams_rl.policy.grpo import CONFIG_CLASSES, GRPOPolicyConfig, instructor_reward, run_settings, train
 from teams_rl.policy.instructor import InstructorFormat, InstructorPolicy, read_policy_meta, write_policy_meta
 from teams_rl.policy.train import PolicyArguments, RewriterArguments
-from teams_rl.synthesize import ReviewArguments, ReviewerArguments, SeedArguments
 from tests.policy_helpers import ACTIONS, make_setup
 
 NAMES = [a.name for a in ACTIONS]

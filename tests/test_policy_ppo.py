@@ -9,7 +9,7 @@ import torch
 from policy_helpers import make_setup
 from trl import ModelConfig
 
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
 from teams_rl.policy import load_policy, ppo
 from teams_rl.policy.instructor import InstructorFormat, add_action_mask, read_policy_meta
 from teams_rl.policy.ppo_reward import (
@@ -161,8 +161,8 @@ def test_queries_follow_the_pool_and_map_back_to_slots(tmp_path, monkeypatch, ti
 def test_the_mask_makes_every_sampled_answer_a_menu_digit(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from teams_rl.actions import load_actions
-    from teams_rl.env import State
+    from teams_rl.env.actions import load_actions
+    from teams_rl.env.environment import State
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     fmt = InstructorFormat(load_actions(), tok)
@@ -187,9 +187,9 @@ def test_too_few_episode_slots_is_refused_before_loading(tmp_path, monkeypatch):
 
 
 def test_recipe_parses_and_names_the_run(monkeypatch):
-    from teams_rl.configs import parse_args
+    from teams_rl.core.recipes import parse_args
+    from teams_rl.env.build import ReviewArguments, ReviewerArguments, SeedArguments
     from teams_rl.policy.train import PolicyArguments, RewriterArguments
-    from teams_rl.synthesize import ReviewArguments, ReviewerArguments, SeedArguments
 
     shared = (SeedArguments, PolicyArguments, RewriterArguments, ReviewerArguments, ReviewArguments)
     parsed, _ = parse_args((*shared, *ppo.CONFIG_CLASSES), ["--config", str(RECIPE)])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from teams_rl import privacy
+from teams_rl.evaluate import privacy as privacy
 
 
 def test_roc_auc_by_hand():

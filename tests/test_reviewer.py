@@ -4,11 +4,12 @@ import math
 
 import pytest
 
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.env.reviewer import MODES, VERDICT, Reviewer, ReviewItem, parse_modes
 from teams_rl.llm.base import ScoreResult
+from teams_rl.llm.embeddings import load_embedder
 from teams_rl.llm.ledger import Ledger, RoleClient
 from teams_rl.llm.scripted import ScriptedBackend
-from teams_rl.reviewer import MODES, VERDICT, Reviewer, ReviewItem, load_embedder, parse_modes
 
 NEG_INF = float("-inf")
 POEM = "Write a poem about the sea."

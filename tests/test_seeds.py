@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from teams_rl.errors import TeamsRLError
-from teams_rl.seeds import Seed, load_seeds, parse_shard, shard_seeds
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.env.seeds import Seed, load_seeds, parse_shard, shard_seeds
 
-SHIPPED = Path(__file__).resolve().parents[1] / "teams_rl" / "data" / "seeds.jsonl"
+SHIPPED = Path(__file__).resolve().parents[1] / "teams_rl" / "env" / "data" / "seeds.jsonl"
 
 # Rows with renamed columns; "context" is missing on row b and null on row c.
 ROWS = [

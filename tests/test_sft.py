@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "fixtures" / "sft_dataset"
@@ -30,7 +30,7 @@ def _train(argv: list[str]):
     """Run ``teams_rl.sft.main`` in-process; returns the final folder and the logged training losses."""
     from transformers import TrainerCallback
 
-    from teams_rl.sft import main
+    from teams_rl.sft.train import main
 
     class Losses(TrainerCallback):
         def __init__(self):
@@ -121,7 +121,8 @@ def test_lora_on_embedded_model_lowers_loss(smollm2_dir, tmp_path):
 
 
 def test_completion_only_mask_covers_the_answer_only(tiny_model_dir, tmp_path):
-    from teams_rl.sft import build_trainer, parse
+    from teams_rl.sft.args import parse
+    from teams_rl.sft.train import build_trainer
 
     rows = tmp_path / "one.jsonl"
     rows.write_text(json.dumps({"instruction": "Add the two numbers.", "input": "17 and 25",
@@ -157,7 +158,7 @@ def test_qlora_4bit_base_trains_on_cpu(tiny_model_dir, tmp_path):
 
 
 def test_full_fine_tune_saves_a_model(tiny_model_dir, tmp_path):
-    from teams_rl.sft_outputs import verify_weights
+    from teams_rl.sft.weights import verify_weights
 
     final, seen = _train(_args(tiny_model_dir, tmp_path, "--max_steps", "2", "--use_peft", "false",
                                "--learning_rate", "1e-3"))
@@ -169,7 +170,7 @@ def test_full_fine_tune_saves_a_model(tiny_model_dir, tmp_path):
 def test_resume_from_last_checkpoint_then_skip_when_complete(tiny_model_dir, tmp_path):
     from transformers import TrainerCallback
 
-    from teams_rl.sft import main
+    from teams_rl.sft.train import main
 
     class Crash(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -210,7 +211,7 @@ def test_accelerate_launch_with_cpu_config(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("recipe", sorted(ROOT.glob("recipes/*/sft/*.yaml")), ids=lambda p: p.parent.parent.name
                          + "/" + p.name)
 def test_every_sft_recipe_parses(recipe):
-    from teams_rl.sft import parse
+    from teams_rl.sft.args import parse
 
     # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU-only machine unless use_cpu is set.
     (script, training, model, mixture), path = parse(["--config", str(recipe), "--use_cpu", "true"])
@@ -227,14 +228,14 @@ def test_every_sft_recipe_parses(recipe):
 
 
 def test_cli_flags_override_the_recipe():
-    from teams_rl.sft import parse
+    from teams_rl.sft.args import parse
 
     (_, training, model, _), _ = parse(["--config", str(RECIPE), "--learning_rate", "3e-5", "--lora_r", "4"])
     assert (training.learning_rate, model.lora_r) == (3e-5, 4)
 
 
 def test_typo_in_recipe_fails_with_file_and_line(tmp_path):
-    from teams_rl.sft import parse
+    from teams_rl.sft.args import parse
 
     bad = tmp_path / "bad.yaml"
     text = RECIPE.read_text().replace("lora_alpha: 32", "lora_alpah: 32")
@@ -247,7 +248,7 @@ def test_typo_in_recipe_fails_with_file_and_line(tmp_path):
 
 
 def test_typo_in_mixture_entry_fails_with_file_and_line(tmp_path):
-    from teams_rl.sft import parse
+    from teams_rl.sft.args import parse
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_name_or_path: smollm2-135m\nuse_cpu: true\ndatasets:\n  - path: x.jsonl\n    fracton: 1\n")
@@ -285,7 +286,7 @@ def test_empty_adapter_is_caught(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from teams_rl.sft_outputs import verify_weights
+    from teams_rl.sft.weights import verify_weights
 
     (tmp_path / "adapter_config.json").write_text("{}")
     save_file({}, str(tmp_path / "adapter_model.safetensors"))  # what LoRA under ZeRO-3 saves without gathering
@@ -304,8 +305,8 @@ def test_empty_adapter_is_caught(tmp_path):
 
 # --- user errors -----------------------------------------------------------------------------------------------------
 def _load(dataset: str, **columns):
-    from teams_rl.sft import parse
-    from teams_rl.sft_data import Columns, load_mixture
+    from teams_rl.sft.args import parse
+    from teams_rl.sft.data import Columns, load_mixture
 
     (script, _, _, mixture), _ = parse(["--config", str(RECIPE), "--dataset_name", dataset, "--test_split_size", "0"])
     return load_mixture(script, mixture, Columns(**columns), seed=0, want_eval=False)
@@ -355,7 +356,7 @@ def test_cli_exits_2_with_one_line_for_user_errors(tmp_path, capsys):
 
 
 def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
-    from teams_rl.sft import last_complete_checkpoint
+    from teams_rl.sft.train import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path) is None
     for step in (2, 10):

@@ -5,9 +5,9 @@ import json
 import datasets
 import pytest
 
-from teams_rl import synthesize as synth_mod
-from teams_rl.dataset_io import load_rows
+from teams_rl.env.dataset import load_rows
 from teams_rl.llm.factory import BackendPool
+from teams_rl.synthesize import run as synth_mod
 from tests.scripted import make_backend
 
 SEEDS = [
@@ -109,7 +109,7 @@ def test_crash_mid_run_then_rerun_loses_and_duplicates_nothing(seeds_file, tmp_p
 
 
 def test_shards_merge_into_the_unsharded_dataset(seeds_file, tmp_path, backend):
-    from teams_rl.dataset_io import merge_datasets
+    from teams_rl.env.dataset import merge_datasets
 
     run(seeds_file, tmp_path / "whole")
     whole = load_rows(tmp_path / "whole" / "dataset")[0]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
 from teams_rl.llm.base import GenerationRequest, SamplingParams, ScoreRequest
-from teams_rl.llm.transformers_backend import CHATML_TEMPLATE, TransformersBackend
+from teams_rl.llm.loader import CHATML_TEMPLATE
+from teams_rl.llm.transformers_backend import TransformersBackend
 
 SAMPLED = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=10)
 GREEDY = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=10)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
 from teams_rl.llm.base import Backend, SamplingParams
 from teams_rl.llm.ledger import Budget, Ledger, RoleClient
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from teams_rl.errors import BudgetExhausted
+from teams_rl.core.errors import BudgetExhausted
 from teams_rl.llm.base import Backend, GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
 
 ROLES = ("instructor", "rewriter", "reviewer", "expert")

@@ -18,7 +18,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
 from teams_rl.llm.base import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
 
 log = logging.getLogger(__name__)

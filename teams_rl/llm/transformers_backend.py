@@ -8,17 +8,12 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 
-from teams_rl.errors import TeamsRLError
 from teams_rl.llm.base import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
-from teams_rl.models import resolve_model
+from teams_rl.llm.loader import CHATML_TEMPLATE, default_device, load_causal_lm, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-# For base models that ship no chat template: plain ChatML, the format most instruction data uses.
-CHATML_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+__all__ = ["CHATML_TEMPLATE", "TransformersBackend"]
 
 
 def _row_sampler_class():
@@ -85,25 +80,10 @@ class TransformersBackend:
     def load(self):
         if self._model is not None:
             return self._model, self._tokenizer
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = resolve_model(self.model_id, field=self.field)
-        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32, "float32": torch.float32,
-                 "bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.dtype)
-        if dtype is None:
-            raise TeamsRLError(f"unknown dtype '{self.dtype}' (auto, float32, bfloat16, float16)", field=self.field)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-        except (OSError, ValueError) as err:  # missing files / a folder that holds no model
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise TeamsRLError(f"cannot load model '{self.model_id}': {first}", field=self.field) from None
+        device = self.device or default_device()
+        tokenizer = load_tokenizer(self.model_id, padding_side="left", field=self.field)
+        model = load_causal_lm(self.model_id, dtype=self.dtype, device=device, field=self.field)
         model.eval()
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
         if not tokenizer.chat_template:
             logger.warning("%s has no chat template; using ChatML", self.model_id)
             tokenizer.chat_template = CHATML_TEMPLATE

@@ -10,8 +10,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from teams_rl.configs import parse_args, recipe_line
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.recipes import parse_args, recipe_line
 
 STAGE_ORDER = ("train-policy", "synthesize", "baseline", "sft", "evaluate", "push")
 UPSTREAM = {"train-policy": (), "synthesize": ("train-policy",), "baseline": (), "sft": ("synthesize",),
@@ -173,7 +173,7 @@ def plan(args: PipelineArguments, recipe: str | None = None) -> list[Stage]:
 def _pushed(run: Path, command: list[str]) -> bool:
     """Already on the Hub (hub.json records it): a push stage resumed after its model upload failed must not push
     the dataset again, which the Hub side would refuse without --overwrite."""
-    from teams_rl.hub import read_pushes
+    from teams_rl.hub.push import read_pushes
 
     kind, repo = command[command.index("push") + 1], command[command.index("--repo-id") + 1]
     revision = command[command.index("--revision") + 1] if "--revision" in command else None
@@ -187,8 +187,10 @@ OVERRIDES = {"train-policy": "policy_overrides", "synthesize": "synthesize_overr
 
 def parse_stage(name: str, argv: list[str], recipe: str | None = None) -> tuple:
     """A stage's command line parsed as the stage will parse it; a bad flag points at the pipeline's overrides."""
-    from teams_rl import evaluate, sft, synthesize
+    from teams_rl.evaluate import run as evaluate
     from teams_rl.policy import train
+    from teams_rl.sft import args as sft
+    from teams_rl.synthesize import run as synthesize
 
     try:
         if name == "train-policy":

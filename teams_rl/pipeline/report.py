@@ -8,7 +8,8 @@ import shlex
 import time
 from pathlib import Path
 
-from teams_rl.dataset_io import atomic_write_text
+from teams_rl.core.files import atomic_write_text
+from teams_rl.pipeline.state import read_state, status_of
 
 PLOTS = [  # (path under the run folder, caption)
     ("plots/reward.png", "Policy training: reward per step"),
@@ -28,8 +29,6 @@ PLOTS = [  # (path under the run folder, caption)
 def print_plan(stages, state: dict, run_dir: Path, console) -> None:
     """The ``--dry-run`` view: each stage, whether it is done, and the exact commands it runs."""
     from rich.table import Table
-
-    from teams_rl.pipeline.run import status_of
 
     table = Table(title=f"teams-rl run: {run_dir}")
     for name in ("stage", "status", "recipe"):
@@ -65,14 +64,12 @@ def _load(path: Path) -> dict | None:
 
 def write_report(run_dir: Path, stages) -> Path:
     """Write report.md and report.html from what the stages left in the run folder; returns report.md."""
-    from teams_rl.pipeline.run import read_state
-
     run_dir = Path(run_dir)
     state = read_state(run_dir)
     policy_metrics = _load(run_dir / "eval" / "metrics.json")
     random_metrics = _load(run_dir / "baseline-random" / "eval" / "metrics.json")
     if policy_metrics and random_metrics:
-        from teams_rl.eval_plots import action_mix_by_policy
+        from teams_rl.evaluate.plots import action_mix_by_policy
 
         action_mix_by_policy({_policy_label(run_dir): policy_metrics, "random": random_metrics},
                              run_dir / "plots" / "action_mix_by_policy.png")
@@ -165,7 +162,7 @@ def _summary(run_dir: Path, policy: dict | None, random: dict | None) -> list[st
 
 def _queries(run_dir: Path) -> list[str]:
     """Every LLM call of the run per role, from the ledgers (policy training and synthesis share the run's)."""
-    from teams_rl.cards import ledger_markdown
+    from teams_rl.llm.tables import ledger_markdown
 
     lines = []
     for name, path in (("Run (policy training + synthesis)", run_dir / "ledger.sqlite"),
@@ -177,8 +174,8 @@ def _queries(run_dir: Path) -> list[str]:
 
 
 def _policy(run_dir: Path) -> list[str]:
-    from teams_rl.cards import markdown_table
-    from teams_rl.report import policy_table
+    from teams_rl.core.markdown import markdown_table
+    from teams_rl.policy.tables import policy_table
 
     meta = _load(run_dir / "policy" / "policy.json")
     if not meta:
@@ -189,8 +186,8 @@ def _policy(run_dir: Path) -> list[str]:
 
 
 def _evaluation(run_dir: Path) -> list[str]:
-    from teams_rl import lmeval
-    from teams_rl.eval_report import privacy_markdown
+    from teams_rl.evaluate import lmeval
+    from teams_rl.evaluate.report import privacy_markdown
 
     results = _load(run_dir / "eval" / "results.json")
     if not results:
@@ -208,8 +205,6 @@ def _evaluation(run_dir: Path) -> list[str]:
 
 
 def _stage_table(stages, state: dict) -> list[str]:
-    from teams_rl.pipeline.run import status_of
-
     lines = ["## Stages", "", "| stage | status | wall time |", "|---|---|---:|"]
     for stage in stages:
         entry = state["stages"].get(stage.name, {})

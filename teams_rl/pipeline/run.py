@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import shlex
@@ -15,14 +14,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from teams_rl.configs import parse_args
-from teams_rl.dataset_io import atomic_write_text
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.recipes import parse_args
 from teams_rl.pipeline.plan import PipelineArguments, Stage, plan, validate
+from teams_rl.pipeline.state import read_state, status_of, write_state
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "pipeline.json"
 @dataclass
 class RunOptions:
     """How to run the pipeline now (not part of the experiment)."""
@@ -30,28 +28,6 @@ class RunOptions:
     dry_run: bool = field(default=False, metadata={"help": "Print the stages, their commands and what is done; run nothing."})
     redo: str | None = field(default=None, metadata={
         "help": "Run this stage and every later one again; their old outputs move to RUN_DIR/superseded/."})
-
-
-def read_state(run_dir: Path) -> dict:
-    path = run_dir / STATE_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"stages": {}}
-
-
-def _write_state(run_dir: Path, state: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
-
-
-def status_of(stage: Stage, state: dict) -> str:
-    """done, changed (finished with another recipe or upstream), failed, interrupted, or to run."""
-    entry = state["stages"].get(stage.name, {})
-    if stage.note:
-        return "nothing to do"
-    if entry.get("status") == "done" and stage.done_marker.exists():
-        return "done" if entry.get("fingerprint") == stage.fingerprint else "changed"
-    if entry.get("status") == "running":  # the run lock is ours, so nobody runs it now: it was killed
-        return "interrupted"
-    return entry.get("status") if entry.get("status") in ("failed", "interrupted") else "to run"
 
 
 def _supersede(run_dir: Path, stages: list[Stage], first: str, state: dict) -> None:
@@ -67,7 +43,7 @@ def _supersede(run_dir: Path, stages: list[Stage], first: str, state: dict) -> N
                 path.rename(target)
                 logger.info("moved %s to %s", path, target)
         state["stages"].pop(stage.name, None)
-    _write_state(run_dir, state)
+    write_state(run_dir, state)
 
 
 def _tee(command: list[str], log: Path) -> int:
@@ -130,20 +106,20 @@ def _execute(args, stages, recipe, redo, console, run_dir: Path) -> dict:
         began = time.time()
         entry = state["stages"][stage.name] = {"status": "running", "fingerprint": stage.fingerprint,
                                                "started": began, "commands": [shlex.join(c) for c in stage.commands]}
-        _write_state(run_dir, state)
+        write_state(run_dir, state)
         try:
             for command in stage.commands:
                 code = _tee(command, run_dir / "logs" / f"{stage.name}.log")
                 if code != 0:
                     entry.update(status="failed", exit_code=code, wall_s=time.time() - began)
-                    _write_state(run_dir, state)
+                    write_state(run_dir, state)
                     raise StageFailed(stage.name, code, run_dir)
         except KeyboardInterrupt:
             entry.update(status="interrupted", wall_s=time.time() - began)
-            _write_state(run_dir, state)
+            write_state(run_dir, state)
             raise
         entry.update(status="done", finished=time.time(), wall_s=time.time() - began)
-        _write_state(run_dir, state)
+        write_state(run_dir, state)
     return state
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from teams_rl.actions import Action
-from teams_rl.env import State
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.env.actions import Action
+from teams_rl.env.environment import State
 
 
 @runtime_checkable

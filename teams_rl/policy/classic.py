@@ -16,11 +16,11 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from tqdm.auto import tqdm
 
-from teams_rl.dataset_io import atomic_folder
-from teams_rl.env import State, derive_seed
-from teams_rl.errors import BudgetExhausted, TeamsRLError
+from teams_rl.core.errors import BudgetExhausted, TeamsRLError
+from teams_rl.core.files import atomic_folder
+from teams_rl.env.environment import State, derive_seed
+from teams_rl.llm.embeddings import load_embedder
 from teams_rl.policy.instructor import read_policy_meta, write_policy_meta
-from teams_rl.reviewer import load_embedder
 
 logger = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config, get_quantization_config
 
-from teams_rl.dataset_io import atomic_folder
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.files import atomic_folder
 from teams_rl.policy.instructor import InstructorFormat, add_action_mask, probe_actions, write_policy_meta
 from teams_rl.policy.plots import plot_training
 from teams_rl.policy.progress import train_within_budget
@@ -121,7 +121,7 @@ def _load_model(model_config: ModelConfig, trust_remote_code: bool):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from teams_rl.models import resolve_model
+    from teams_rl.core.refs import resolve_model
 
     path = resolve_model(model_config.model_name_or_path, field="model_name_or_path")
     dtype = model_config.dtype

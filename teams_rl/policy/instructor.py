@@ -8,9 +8,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from teams_rl.actions import PROMPTS_DIR, Action, PromptSpec, load_prompt
-from teams_rl.env import State, derive_seed
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.env.actions import PROMPTS_DIR, Action, PromptSpec, load_prompt
+from teams_rl.env.environment import State, derive_seed
 
 POLICY_FILE = "policy.json"
 MASK_VALUE = -1e9  # finite, so masked tokens get probability 0 without making entropies nan (0 * -inf)
@@ -164,7 +164,7 @@ def _load_model(folder: Path, meta: dict, device: str | None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from teams_rl.models import resolve_model
+    from teams_rl.core.refs import resolve_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(folder)

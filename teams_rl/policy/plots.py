@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from teams_rl.core.plotting import pyplot, save
+
 
 def _smooth(values: Sequence[float], window: int) -> list[float]:
     out, total = [], 0.0
@@ -18,9 +20,7 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
 
 def plot_training(history: Sequence[dict], out_dir: str | Path, title: str = "") -> list[Path]:
     """``history``: one ``StepStats.log_dict(prefix="")`` per step. Writes reward.png and action_mix.png."""
-    from teams_rl.eval_plots import _pyplot, _save
-
-    plt = _pyplot()
+    plt = pyplot()
     out_dir = Path(out_dir)
     if not history:
         return []
@@ -38,7 +38,7 @@ def plot_training(history: Sequence[dict], out_dir: str | Path, title: str = "")
     ax.set_title(f"Reward {title}".strip())
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    written = [_save(fig, out_dir / "reward.png")]
+    written = [save(fig, out_dir / "reward.png")]
 
     names = sorted({k[len("action_"):] for h in history for k in h if k.startswith("action_")})
     if names:
@@ -51,5 +51,5 @@ def plot_training(history: Sequence[dict], out_dir: str | Path, title: str = "")
         ax.set_ylim(0, 1)
         ax.set_title(f"Action mix {title}".strip())
         ax.legend(loc="upper left", fontsize=7, ncol=2)
-        written.append(_save(fig, out_dir / "action_mix.png"))
+        written.append(save(fig, out_dir / "action_mix.png"))
     return written

@@ -18,8 +18,8 @@ import torch
 from trl import ModelConfig, get_peft_config
 from trl.experimental.ppo import PPOConfig
 
-from teams_rl.dataset_io import atomic_folder
-from teams_rl.errors import TeamsRLError
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.files import atomic_folder
 from teams_rl.policy.instructor import InstructorFormat, add_action_mask, probe_actions, write_policy_meta
 from teams_rl.policy.plots import plot_training
 from teams_rl.policy.ppo_reward import CallableReward, CallableRewardPPOTrainer
@@ -107,7 +107,7 @@ def _load_models(config: PPOPolicyConfig, model_config: ModelConfig):
     """The tokenizer (left padding, a pad distinct from eos), the policy and the value model (LoRA'd if asked)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from teams_rl.models import resolve_model
+    from teams_rl.core.refs import resolve_model
 
     if model_config.load_in_4bit or model_config.load_in_8bit:
         raise TeamsRLError("quantized loading is not supported by the PPO instructor", field="load_in_4bit")

@@ -7,7 +7,7 @@ import logging
 
 from transformers import TrainerCallback
 
-from teams_rl.errors import BudgetExhausted
+from teams_rl.core.errors import BudgetExhausted
 
 logger = logging.getLogger(__name__)
 

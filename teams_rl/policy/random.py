@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from teams_rl.env import State, derive_seed
+from teams_rl.env.environment import State, derive_seed
 
 
 class RandomPolicy:

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from teams_rl.env import EvolutionEnv, State, Transition
+from teams_rl.env.environment import EvolutionEnv, State, Transition
 
 UNPARSEABLE = "unparseable"
 

@@ -14,17 +14,22 @@ from pathlib import Path
 
 import yaml
 
-from teams_rl.actions import Action, load_actions
-from teams_rl.configs import parse_args, recipe_line, role_arguments, role_settings, to_yaml
-from teams_rl.dataset_io import atomic_write_text
-from teams_rl.env import EvolutionEnv, State
-from teams_rl.errors import TeamsRLError
-from teams_rl.llm.factory import BackendPool, sampling_from
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.files import atomic_write_text
+from teams_rl.core.layout import POLICY_DIR, recipe_path
+from teams_rl.core.recipes import located, parse_args, role_arguments, role_settings, to_yaml
+from teams_rl.env.actions import Action
+from teams_rl.env.build import (
+    ReviewArguments,
+    ReviewerArguments,
+    SeedArguments,
+    build_env,
+    select_actions,
+    select_seeds,
+)
+from teams_rl.env.environment import EvolutionEnv, State
 from teams_rl.llm.ledger import Ledger, RoleClient
 from teams_rl.policy.rollout import EpisodePool, PolicyReward
-from teams_rl.reviewer import Reviewer, load_embedder, parse_modes
-from teams_rl.seeds import BUILTIN, load_seeds
-from teams_rl.synthesize import ReviewArguments, ReviewerArguments, SeedArguments
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +77,14 @@ class TrainingSetup:
 
     @property
     def policy_dir(self) -> Path:
-        return self.run_dir / "policy"
+        return self.run_dir / POLICY_DIR
 
 
 def build_setup(run_dir: str | Path, seed: int, instructor_model: str | None, seed_args: SeedArguments,
                 policy_args: PolicyArguments, rewriter_args, reviewer_args, review_args: ReviewArguments
                 ) -> TrainingSetup:
-    run_dir = Path(run_dir)
-    names = [n.strip() for n in policy_args.actions.split(",")] if policy_args.actions else None
-    actions = load_actions(names=names)
-    seeds = load_seeds(seed_args.dataset_name or BUILTIN, instruction_column=seed_args.instruction_column,
-                       input_column=seed_args.input_column, id_column=seed_args.id_column,
-                       split=seed_args.dataset_train_split, limit=seed_args.max_seeds)
+    actions = select_actions(policy_args.actions)
+    seeds = select_seeds(seed_args)
     if policy_args.held_out_seeds:
         if policy_args.held_out_seeds >= len(seeds):
             raise TeamsRLError(f"held_out_seeds={policy_args.held_out_seeds} leaves no seed to train on "
@@ -97,21 +98,10 @@ def build_setup(run_dir: str | Path, seed: int, instructor_model: str | None, se
             raise TeamsRLError("set rewriter_model: the classic policy has no instructor LLM to borrow",
                                field="rewriter_model")
         rewriter["model"] = instructor_model
-    review = role_settings(reviewer_args, "reviewer")
-    weights = parse_modes(review_args.reviewer_modes)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(run_dir / "ledger.sqlite")
-    backends = BackendPool()
-    clients = {"rewrite": backends.client(rewriter, "rewriter", ledger)}
-    if set(weights) - {"embedding"}:
-        clients["review"] = backends.client(review, "reviewer", ledger)
-    embedder = load_embedder(review_args.reviewer_embedding_model) if "embedding" in weights else None
-    reviewer = Reviewer(clients.get("review"), weights, embedder=embedder,
-                        gain_threshold=review_args.reviewer_gain_threshold,
-                        min_novelty=review_args.reviewer_min_novelty, sampling=sampling_from(review))
-    env = EvolutionEnv({a.name: a for a in actions}, clients["rewrite"], reviewer, sampling_from(rewriter),
-                       run_seed=seed)
-    return TrainingSetup(run_dir, actions, pool, env, clients, ledger, policy_args, instructor_model)
+    built = build_env(run_dir, run_seed=seed, actions=actions, rewrite_role="rewriter", rewrite_settings=rewriter,
+                      reviewer_args=reviewer_args, review_args=review_args)
+    clients = {"rewrite": built.rewrite, **({"review": built.judge} if built.judge else {})}
+    return TrainingSetup(Path(run_dir), actions, pool, built.env, clients, built.ledger, policy_args, instructor_model)
 
 
 def _algorithm(argv: list[str]) -> str:
@@ -146,7 +136,7 @@ def main(argv: list[str] | None = None) -> Path:
     module = importlib.import_module(ALGORITHMS[_algorithm(argv)])
     parsed, recipe = parse_args(argument_classes(argv), argv, "teams-rl train-policy")
     seed_args, policy_args, rewriter_args, reviewer_args, review_args, *configs = parsed
-    try:
+    with located(recipe):
         run_dir, seed, instructor = module.run_settings(*configs)
         setup = build_setup(run_dir, seed, instructor, seed_args, policy_args, rewriter_args, reviewer_args,
                             review_args)
@@ -154,14 +144,22 @@ def main(argv: list[str] | None = None) -> Path:
             folder = module.train(setup, *configs)
         finally:
             setup.ledger.close()
-        atomic_write_text(setup.run_dir / "config" / "train-policy.yaml",
+        atomic_write_text(recipe_path(setup.run_dir, "train-policy"),
                           to_yaml(seed_args, policy_args, rewriter_args, reviewer_args, review_args, *configs))
         return folder
-    except TeamsRLError as err:
-        raise err.located(recipe if err.field else None, recipe_line(recipe, err.field)) from None
 
 
-if __name__ == "__main__":
-    from teams_rl.cli import run_stage
+def cli(argv: list[str]) -> None:
+    """``teams-rl train-policy`` / ``python -m teams_rl.policy``: train, then print the policy and the ledger."""
+    from rich.console import Console
 
-    raise SystemExit(run_stage(main))
+    from teams_rl.llm.tables import print_ledger
+    from teams_rl.policy.instructor import read_policy_meta
+    from teams_rl.policy.tables import policy_table
+
+    folder = main(argv)
+    console = Console()
+    console.print(policy_table(read_policy_meta(folder)))
+    print_ledger(folder.parent, console)
+    console.print(f"policy saved to [bold]{folder}[/bold] (plots in {folder.parent / 'plots'}); use it with: "
+                  f"teams-rl synthesize --policy {folder} ...")

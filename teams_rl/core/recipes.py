@@ -1,0 +1,194 @@
+"""Recipe parsing: flat YAML → dataclasses through TRL's ``TrlParser``, with file:line errors for bad keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import field, fields, make_dataclass
+from pathlib import Path
+
+import yaml
+
+from teams_rl.core.errors import TeamsRLError
+
+ROLE_FIELDS: list[tuple[str, type, object, str]] = [
+    ("model", str, "smollm2-135m", "Hub id, local folder, or an embedded model name (smollm2-135m)."),
+    ("backend", str, "transformers", "transformers (in-process), openai (any OpenAI-compatible server), or python "
+                                "(model: package.module:factory, a backend of your own)."),
+    ("base_url", str | None, None, "Server URL for the openai backend, e.g. http://localhost:8000/v1."),
+    ("api_key_env", str, "OPENAI_API_KEY", "Name of the environment variable holding the API key (never the key)."),
+    ("temperature", float, 0.7, "Sampling temperature; 0 means greedy."),
+    ("top_p", float, 0.95, "Nucleus sampling mass."),
+    ("max_new_tokens", int, 256, "Longest completion, in tokens."),
+    ("batch_size", int, 8, "Requests per forward batch (transformers) or in flight at once (openai)."),
+    ("dtype", str, "auto", "transformers backend weights: auto, float32, bfloat16, float16."),
+    ("timeout_s", float, 120.0, "openai backend: per-request timeout in seconds."),
+    ("max_calls", int | None, None, "Hard budget: most calls this role may make in the run folder."),
+    ("max_tokens", int | None, None, "Hard budget: most tokens (prompt + completion) this role may spend."),
+]
+
+
+def role_arguments(role: str, **defaults) -> type:
+    """A dataclass of ``<role>_<field>`` keys (model, backend, sampling, budget), one per role, so recipes stay flat."""
+    specs = []
+    for name, typ, default, help_text in ROLE_FIELDS:
+        value = defaults.get(name, default)
+        specs.append((f"{role}_{name}", typ, field(default=value, metadata={"help": f"[{role}] {help_text}"})))
+    return make_dataclass(f"{role.capitalize()}Arguments", specs)
+
+
+def role_settings(args, role: str) -> dict:
+    """The ``<role>_*`` values of a parsed dataclass, with the prefix removed."""
+    prefix = f"{role}_"
+    return {f.name[len(prefix) :]: getattr(args, f.name) for f in fields(args) if f.name.startswith(prefix)}
+
+
+def _key_lines(path: Path) -> dict[str, int]:
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise TeamsRLError(f"invalid YAML: {getattr(err, 'problem', err)}", file=str(path),
+                           line=mark.line + 1 if mark else None) from None
+    except UnicodeDecodeError:
+        raise TeamsRLError("recipe is not UTF-8 text", file=str(path)) from None
+    if node is None:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        raise TeamsRLError("a recipe must be a mapping of key: value", file=str(path), line=node.start_mark.line + 1)
+    return {k.value: k.start_mark.line + 1 for k, _ in node.value}
+
+
+def _check_type(value, typ) -> bool:
+    """Does a YAML value fit a dataclass field type (``int``, ``float | None``, ``str``, ``bool``, ``list[str]``)?"""
+    if isinstance(typ, str):  # an annotation left unresolved: check each alternative of "str | None" and the like
+        names = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
+        return any(_check_type(value, names.get(part.strip(), object)) for part in typ.split("|"))
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        return any(_check_type(value, t) for t in typing.get_args(typ))
+    if typ is type(None):
+        return value is None
+    if typ is bool:
+        return isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typ is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if typ is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        return isinstance(value, list)
+    if origin is typing.Literal:
+        return value in typing.get_args(typ)
+    return True  # enums and the like: TrlParser checks them
+
+
+def validate_recipe(path: str | Path, dataclass_types: Sequence[type]) -> dict:
+    """Load a recipe and check every key and value type, raising with the file, line and key at fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise TeamsRLError("recipe file not found", file=str(path))
+    lines = _key_lines(path)
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    known = {}
+    for dc in dataclass_types:
+        try:
+            hints = typing.get_type_hints(dc)
+        except Exception:  # a forward reference that cannot be resolved here: fall back to the annotation text
+            hints = {}
+        for f in fields(dc):
+            known[f.name] = hints.get(f.name, f.type)
+    for key, value in config.items():
+        if key == "env":
+            continue
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise TeamsRLError(f"unknown key{hint}", file=str(path), line=lines.get(key), field=str(key))
+        if not _check_type(value, known[key]):
+            raise TeamsRLError(f"expected {_type_name(known[key])}, got {value!r}", file=str(path),
+                               line=lines.get(key), field=key)
+    return config
+
+
+def _type_name(typ) -> str:
+    return re.sub(r"\btyping\.|<class '(\w+)'>", r"\1", str(typ))
+
+
+def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None, prog: str | None = None,
+               description: str | None = None):
+    """Parse ``--config recipe.yaml`` plus CLI overrides into the dataclasses (CLI wins), via TRL's ``TrlParser``.
+
+    Returns the dataclass instances and the recipe path (or None), and records where each key came from so
+    later errors can point at the recipe line.
+    """
+    from trl import TrlParser
+
+    argv = list(argv or [])
+    recipe = None
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise TeamsRLError("--config needs a path to a recipe YAML")
+        recipe = argv[index + 1]
+        validate_recipe(recipe, dataclass_types)
+    parser = TrlParser(list(dataclass_types), prog=prog, description=description)
+    try:
+        parsed = parser.parse_args_and_config(argv)
+    except ValueError as err:
+        unused = re.search(r"not used by the HfArgumentParser: \[(.*)\]", str(err))
+        if unused:  # a command-line flag no dataclass knows (recipe keys were checked above)
+            flags = [f for f in re.findall(r"'([^']*)'", unused.group(1)) if f.startswith("-")]
+            raise TeamsRLError(f"unknown option {', '.join(flags) or unused.group(1)} (see --help)") from None
+        raise TeamsRLError(str(err), file=recipe) from None
+    return tuple(parsed), recipe
+
+
+def recipe_line(recipe: str | None, key: str | None) -> int | None:
+    """The line of ``key`` in ``recipe`` (None when the value came from the CLI or a default)."""
+    if not recipe or not key:
+        return None
+    try:
+        return _key_lines(Path(recipe)).get(key)
+    except TeamsRLError:
+        return None
+
+
+def locate(err: TeamsRLError, recipe: str | None) -> TeamsRLError:
+    """Point a stage's error at the recipe line that set the value at fault (``field``, or the key before its first
+    ``[`` or ``.``). An error that names its own file (a seed file, a dataset) or a value that came from a
+    command-line flag or a default is left as it is."""
+    if err.file is None and err.field:
+        line = recipe_line(recipe, re.split(r"[\[.]", err.field)[0])
+        if line is not None:
+            err.located(recipe, line)
+    return err
+
+
+@contextmanager
+def located(recipe: str | None) -> Iterator[None]:
+    """Run a stage body; a ``TeamsRLError`` leaving it is re-raised with its recipe file and line (see ``locate``)."""
+    try:
+        yield
+    except TeamsRLError as err:
+        raise locate(err, recipe) from None
+
+
+_URL_SECRET = re.compile(r"(://)[^/@\s]+@")
+
+
+def to_yaml(*instances) -> str:
+    """The resolved recipe as YAML, for the run folder. URL credentials are masked; keys never live here."""
+    merged: dict = {}
+    for inst in instances:
+        for key, value in dataclasses.asdict(inst).items():
+            if isinstance(value, str):
+                value = _URL_SECRET.sub(r"\1***@", value)
+            merged[key] = value
+    return yaml.safe_dump(merged, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,285 @@
+"""Seed instructions: load them from JSON/JSONL/CSV/Parquet, a saved ``datasets`` folder or the Hub, and shard them."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.refs import looks_like_path
+
+logger = logging.getLogger(__name__)
+
+_FILE_LOADERS = (".json", ".jsonl", ".csv", ".parquet")
+# `dataset_name: builtin` names the 80 seeds shipped inside the package, wherever it is installed.
+BUILTIN = "builtin"
+BUILTIN_PATH = Path(__file__).parent / "data" / "seeds.jsonl"
+
+
+@dataclass(frozen=True)
+class Seed:
+    """One instruction to evolve; ``input`` is its optional context (a paragraph, a table, code)."""
+
+    id: str
+    instruction: str
+    input: str = ""
+
+
+# A raw row and where it came from: (row, 1-based line in the file or None, 1-based row number).
+_Located = tuple[Any, int | None, int]
+_Columns = tuple[str, str | None, str | None]  # the instruction, input and id column names
+
+
+def _fail(source: str, message: str, line: int | None, row: int | None, field: str | None) -> TeamsRLError:
+    # Formats without meaningful line numbers (JSON list, Parquet, datasets) name the row in the message instead.
+    if line is None and row is not None:
+        message = f"row {row}: {message}"
+    return TeamsRLError(message, file=source, line=line, field=field)
+
+
+def _missing(column: str, found: Iterable[Any]) -> str:
+    return f"missing column '{column}'; columns found: {', '.join(map(str, found)) or '(none)'}"
+
+
+def _content_id(instruction: str, input_text: str) -> str:
+    return "seed-" + hashlib.sha256((instruction + "\x1f" + input_text).encode("utf-8")).hexdigest()[:12]
+
+
+def _read_text(path: Path, source: str) -> str:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise TeamsRLError(f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x})", file=source, line=line) from None
+    text = text.removeprefix("\ufeff")  # Excel and Notepad write a BOM; it is not part of the first key.
+    if not text.strip():
+        raise TeamsRLError("file is empty", file=source)
+    return text
+
+
+def _rows_jsonl(text: str, source: str) -> Iterator[_Located]:
+    row = 0
+    for line_no, line in enumerate(text.split("\n"), 1):  # Not splitlines(): it also splits on U+2028 etc.
+        if not line.strip():
+            continue
+        row += 1
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TeamsRLError(f"invalid JSON: {exc.msg} (column {exc.colno})", file=source, line=line_no) from None
+        yield item, line_no, row
+
+
+def _rows_json(text: str, source: str) -> Iterator[_Located]:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TeamsRLError(f"invalid JSON: {exc.msg} (column {exc.colno})", file=source, line=exc.lineno) from None
+    if isinstance(doc, dict):
+        # Some exporters wrap the rows: {"data": [...]} or {"rows": [...]}.
+        doc = doc.get("data", doc.get("rows", doc))
+    if not isinstance(doc, list):
+        raise TeamsRLError(
+            f"expected a list of objects or an object with a 'data' or 'rows' list, got a JSON {type(doc).__name__}",
+            file=source,
+        )
+    for row, item in enumerate(doc, 1):
+        yield item, None, row
+
+
+def _rows_csv(text: str, source: str, instruction_column: str) -> Iterator[_Located]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+        if instruction_column not in header:
+            raise TeamsRLError(_missing(instruction_column, header), file=source, line=1, field=instruction_column)
+        # A quoted field can span lines, so a row starts one line after the previous row ended.
+        last_line, row = reader.line_num, 0
+        for values in reader:
+            start, last_line = last_line + 1, reader.line_num
+            if not values:
+                continue
+            row += 1
+            # Short rows leave trailing columns out (so a missing input reads as ""); extra cells are ignored.
+            yield dict(zip(header, values, strict=False)), start, row
+    except csv.Error as exc:
+        raise TeamsRLError(f"invalid CSV: {exc}", file=source, line=reader.line_num) from None
+
+
+def _rows_parquet(path: Path, source: str) -> Iterator[_Located]:
+    import pyarrow.parquet as pq  # Imported lazily: only Parquet sources pay for it.
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt or non-Parquet files.
+        raise TeamsRLError(f"not a readable Parquet file: {exc}", file=source) from None
+    rows = (item for batch in table.to_batches() for item in batch.to_pylist())
+    return ((item, None, row) for row, item in enumerate(rows, 1))
+
+
+def _rows_datasets(target: str, source: str, split: str, from_disk: bool) -> Iterator[_Located]:
+    import datasets  # Imported lazily: it is slow to import and most runs read a local file.
+
+    if from_disk:
+        try:
+            ds = datasets.load_from_disk(target)
+        except Exception as exc:
+            raise TeamsRLError(f"cannot read the saved dataset folder: {exc}", file=source) from None
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise TeamsRLError(
+                    f"split '{split}' not in the saved dataset; splits found: {', '.join(ds) or '(none)'}",
+                    file=source,
+                    field="split",
+                )
+            ds = ds[split]
+    else:
+        try:
+            ds = datasets.load_dataset(target, split=split)
+        except Exception as exc:
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise TeamsRLError(
+                f"cannot load '{source}' (split '{split}') with datasets.load_dataset: {detail}. "
+                "A dataset name needs the Hugging Face Hub (or its local cache); offline, pass a local "
+                ".json/.jsonl/.csv/.parquet file or a save_to_disk folder instead",
+                file=source,
+            ) from None
+    return ((item, None, row) for row, item in enumerate(ds, 1))
+
+
+def _raw_rows(source: str, split: str, instruction_column: str) -> Iterator[_Located]:
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        # save_to_disk writes state.json (Dataset) or dataset_dict.json (DatasetDict); any other folder is a folder
+        # of data files, which load_dataset knows how to read.
+        saved = (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+        return _rows_datasets(str(path), source, split, from_disk=saved)
+    if path.is_file() and suffix in _FILE_LOADERS:
+        if suffix == ".parquet":
+            return _rows_parquet(path, source)
+        text = _read_text(path, source)
+        if suffix == ".jsonl":
+            return _rows_jsonl(text, source)
+        if suffix == ".json":
+            return _rows_json(text, source)
+        return _rows_csv(text, source, instruction_column)
+    if not path.exists() and looks_like_path(source):
+        raise TeamsRLError("file not found", file=source)
+    # An existing file with another suffix, or a Hub name: let datasets decide.
+    return _rows_datasets(source, source, split, from_disk=False)
+
+
+def _parse_row(item: Any, source: str, line: int | None, row: int, columns: _Columns, max_chars: int) -> Seed:
+    instruction_column, input_column, id_column = columns
+
+    def fail(message: str, field: str | None = instruction_column) -> TeamsRLError:
+        return _fail(source, message, line, row, field)
+
+    if not isinstance(item, dict):
+        raise fail(f"row is not an object (got {type(item).__name__})", None)
+    if instruction_column not in item:
+        raise fail(_missing(instruction_column, item))
+    instruction = item[instruction_column]
+    if not isinstance(instruction, str):
+        raise fail(f"instruction must be a string, got {type(instruction).__name__}")
+    instruction = instruction.strip()
+    if not instruction:
+        raise fail("instruction is empty")
+    input_text = item.get(input_column) if input_column is not None else None
+    input_text = "" if input_text is None else input_text
+    if not isinstance(input_text, str):
+        raise fail(f"input must be a string, got {type(input_text).__name__}", input_column)
+    # Input is kept verbatim (code indentation matters); only a whitespace-only input counts as none.
+    input_text = input_text if input_text.strip() else ""
+    size = len(instruction) + len(input_text)
+    if size > max_chars:
+        raise fail(f"instruction + input is {size} characters, over the limit of {max_chars} (max_chars)")
+
+    raw_id = item.get(id_column) if id_column is not None else None
+    if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
+        seed_id = _content_id(instruction, input_text)  # No id given: hash the content so it survives reordering.
+    elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool):
+        seed_id = str(raw_id).strip()  # Integer ids from JSON/Parquet are fine; they become strings.
+    else:
+        raise fail(f"id must be a string or an integer, got {type(raw_id).__name__}", id_column)
+    return Seed(id=seed_id, instruction=instruction, input=input_text)
+
+
+def load_seeds(
+    source: str,
+    *,
+    instruction_column: str = "instruction",
+    input_column: str | None = "input",
+    id_column: str | None = "id",
+    split: str = "train",
+    max_chars: int = 20_000,
+    limit: int | None = None,
+) -> list[Seed]:
+    """Read seed instructions from ``source`` (``"builtin"`` = the shipped seeds), mapping its columns onto :class:`Seed`.
+
+    A missing or null input reads as ""; without an id column a row's id is a hash of its content, so ids stay
+    stable when the file is reordered. Exact (instruction, input) duplicates are dropped with a warning (the first
+    is kept); a repeated explicit id is an error. ``limit`` keeps the first N seeds after dedup, and rows beyond
+    them are not read. The instruction is stripped; the input is kept verbatim unless it is all whitespace.
+    """
+    source = str(BUILTIN_PATH) if str(source) == BUILTIN else str(source)
+    if limit is not None and limit < 1:
+        raise TeamsRLError(f"limit must be at least 1, got {limit}", field="limit")
+    seeds: list[Seed] = []
+    first_seen: dict[tuple[str, str], str] = {}  # content -> where it was first seen, for the dedup warning
+    id_seen: dict[str, str] = {}
+    dropped: list[str] = []
+    n_rows = 0
+    for item, line, row in _raw_rows(source, split, instruction_column):
+        n_rows += 1
+        seed = _parse_row(item, source, line, row, (instruction_column, input_column, id_column), max_chars)
+        where = f"line {line}" if line is not None else f"row {row}"
+        key = (seed.instruction, seed.input)
+        if key in first_seen:
+            dropped.append(f"{where} repeats {first_seen[key]}")
+            continue
+        first_seen[key] = where
+        if seed.id in id_seen:
+            raise _fail(source, f"duplicate id '{seed.id}' (first used at {id_seen[seed.id]})", line, row, id_column)
+        id_seen[seed.id] = where
+        seeds.append(seed)
+        if limit is not None and len(seeds) >= limit:
+            break  # Stop before pulling the next row, so a bad row past the limit is never read.
+
+    if n_rows == 0:
+        raise TeamsRLError("no rows found", file=source)
+    if dropped:
+        shown = "; ".join(dropped[:5]) + (f"; and {len(dropped) - 5} more" if len(dropped) > 5 else "")
+        logger.warning("%s: dropped %d exact duplicate seed(s): %s", source, len(dropped), shown)
+    return seeds
+
+
+def shard_seeds(seeds: list[Seed], index: int, count: int) -> list[Seed]:
+    """The seeds of shard ``index`` of ``count``, chosen by a hash of the id so file order does not matter."""
+    if count < 1 or not 0 <= index < count:
+        raise TeamsRLError(f"shard {index}/{count} is out of range (need 0 <= i < N)", field="shard")
+    return [s for s in seeds if int(hashlib.sha256(s.id.encode("utf-8")).hexdigest(), 16) % count == index]
+
+
+_SHARD_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``"i/N"`` (0 <= i < N) into ``(i, N)``."""
+    match = _SHARD_RE.fullmatch(text)
+    if match is None:
+        raise TeamsRLError(f"expected 'i/N' such as '0/4', got '{text}'", field="shard")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or index >= count:
+        raise TeamsRLError(f"'{text}' is out of range: need N >= 1 and 0 <= i < N", field="shard")
+    return index, count

@@ -1,0 +1,3 @@
+"""Stage 4, evaluation: lm-eval base vs tuned (``lmeval``), dataset metrics (``metrics`` the maths,
+``dataset_metrics`` the ``teams-rl metrics`` command), the membership-inference test (``privacy``), ``plots`` and the
+Markdown/terminal ``report``; ``run`` ties them into ``teams-rl evaluate``."""

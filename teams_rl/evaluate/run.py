@@ -1,0 +1,269 @@
+"""Stage 4, evaluation: lm-eval on the base and the tuned model, dataset metrics and the membership-inference
+(privacy) test, written to ``<output_dir>/eval/``. ``teams-rl evaluate --config recipes/<model>/eval/config.yaml``."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from teams_rl import __version__
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.files import atomic_write_text
+from teams_rl.core.recipes import located, parse_args, to_yaml
+from teams_rl.core.refs import resolve_model, upstream_id
+from teams_rl.evaluate import lmeval, privacy
+from teams_rl.evaluate import report as eval_report
+from teams_rl.llm.loader import default_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalArguments:
+    """What to evaluate, on which lm-eval tasks, and which extra reports (dataset metrics, privacy) to write."""
+
+    output_dir: str = field(default="runs/evaluate", metadata={"help": "Run folder; everything goes to OUTPUT_DIR/eval."})
+    base_model: str = field(default="smollm2-135m", metadata={"help": "Base model: Hub id, folder or smollm2-135m."})
+    tuned_model: str | None = field(default=None, metadata={
+        "help": "The fine-tuned model: a peft adapter folder (applied to base_model with lm-eval's peft=) or a merged "
+                "model folder / Hub id. null: evaluate the base only."})
+    tasks: list[str] = field(default_factory=lambda: [lmeval.LOCAL_TASK], metadata={
+        "help": "lm-eval tasks as NAME or NAME:SHOTS (e.g. arc_challenge:25); NAME alone keeps the task's default."})
+    tasks_dir: str | None = field(default="eval", metadata={
+        "help": "Folder of local task YAMLs (lm-eval include_path); relative data_files are resolved at run time."})
+    run_lm_eval: bool = field(default=True, metadata={"help": "Run the benchmarks (false: only metrics/privacy)."})
+    limit: float | None = field(default=None, metadata={"help": "lm-eval limit: documents per task (or a fraction)."})
+    batch_size: int = field(default=8, metadata={"help": "lm-eval and privacy scoring batch size."})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, float32, bfloat16, float16."})
+    device: str | None = field(default=None, metadata={"help": "cuda, cuda:0, cpu... (default: cuda if available)."})
+    apply_chat_template: str = field(default="auto", metadata={
+        "help": "auto: use the model's chat template when it has one (few-shot as multi-turn); true; false.",
+        "choices": ["auto", "true", "false"]})
+    bootstrap_iters: int = field(default=1000, metadata={"help": "lm-eval bootstrap iterations for stderr."})
+    seed: int = field(default=42, metadata={"help": "Seeds lm-eval's few-shot sampling, row sampling, bootstrap."})
+    dataset: str | None = field(default=None, metadata={"help": "A dataset folder: also write its metrics."})
+    embedding_model: str = field(default="minilm", metadata={"help": "Sentence embeddings for Vendi/near-dups."})
+    privacy: bool = field(default=False, metadata={"help": "Run the membership-inference (privacy) test."})
+    privacy_sft_config: str | None = field(default=None, metadata={
+        "help": "The SFT recipe the tuned model was trained with: members = its train split, non-members = the "
+                "rows it held out (test_split_size, seed), drawn exactly as teams-rl sft drew them. null: the "
+                "config/sft.yaml that teams-rl sft saved in the tuned model's run folder."})
+    privacy_members: str | None = field(default=None, metadata={"help": "Or: a file/folder of training rows."})
+    privacy_non_members: str | None = field(default=None, metadata={"help": "And: rows never trained on."})
+    privacy_max_rows: int | None = field(default=200, metadata={"help": "Most rows scored per side (seeded draw)."})
+    privacy_min_k: float = field(default=0.2, metadata={"help": "Min-K Prob: the fraction K of least likely answer tokens averaged."})
+    privacy_max_length: int = field(default=512, metadata={"help": "Tokens per scored row (SFT's max_length)."})
+    privacy_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the AUC interval."})
+    plots: bool = field(default=True, metadata={"help": "Write PNG plots to OUTPUT_DIR/eval/plots."})
+    overwrite: bool = field(default=False, metadata={"help": "Re-run even if results.json matches this config."})
+
+
+# --- Setup ------------------------------------------------------------------------------------------------------------
+# The shipped local tasks: the top-level eval/ of a checkout, installed by the wheel as teams_rl/evaluate/tasks.
+SHIPPED_TASKS = "eval"
+
+
+def shipped_tasks_dir() -> Path:
+    """The local lm-eval tasks that ship with teams-rl, in a wheel install or in a checkout."""
+    installed = Path(__file__).resolve().parent / "tasks"
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[2] / SHIPPED_TASKS
+
+
+def _tasks_dir(ref: str | None) -> Path | None:
+    """``tasks_dir`` as a folder: a path as given, else (``eval``) the shipped tasks from wherever it runs."""
+    if not ref:
+        return None
+    path = Path(ref).expanduser()
+    if not path.is_dir() and ref == SHIPPED_TASKS:
+        path = shipped_tasks_dir()
+    if not path.is_dir():
+        raise TeamsRLError("local task folder not found", file=ref, field="tasks_dir")
+    return path
+
+
+def describe_tuned(ref: str) -> dict:
+    """Is ``ref`` a peft adapter (applied to the base) or a full model? A missing local folder is a user error."""
+    path = os.path.expanduser(ref)
+    if os.path.isdir(path):
+        adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))
+        return {"ref": ref, "path": path, "kind": "peft adapter" if adapter else "model",
+                "tokenizer": path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else None}
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise TeamsRLError(f"'{ref}' does not exist: run `teams-rl sft` first (it writes OUTPUT_DIR/adapter), or set "
+                           "tuned_model: null to evaluate the base only", field="tuned_model")
+    try:  # a Hub id: an adapter repo has adapter_config.json
+        from peft import PeftConfig
+
+        PeftConfig.from_pretrained(ref)
+        return {"ref": ref, "path": ref, "kind": "peft adapter", "tokenizer": None}
+    except Exception:
+        return {"ref": ref, "path": ref, "kind": "model", "tokenizer": None}
+
+
+def _fingerprint(args: EvalArguments, tuned: dict | None) -> str:
+    parts = [json.dumps(dataclasses.asdict(args), sort_keys=True)]
+    if tuned and os.path.isdir(tuned["path"]):  # a retrained adapter invalidates the results
+        parts += [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(Path(tuned["path"]).iterdir())
+                  if p.suffix in (".safetensors", ".bin")]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _sft_run_recipe(tuned: str | None) -> str | None:
+    """The resolved recipe ``teams-rl sft`` saved beside its adapter (``<run>/adapter`` -> ``<run>/config/sft.yaml``)."""
+    recipe = Path(tuned).expanduser().parent / "config" / "sft.yaml" if tuned else None
+    return str(recipe) if recipe and recipe.is_file() else None
+
+
+def _privacy_rows(args: EvalArguments) -> tuple[list, list, str]:
+    if args.privacy_members or args.privacy_non_members:
+        if not (args.privacy_members and args.privacy_non_members):
+            raise TeamsRLError("give both privacy_members and privacy_non_members", field="privacy_members")
+        members, others = privacy.read_rows(args.privacy_members), privacy.read_rows(args.privacy_non_members)
+        source = f"files: {args.privacy_members} vs {args.privacy_non_members}"
+    elif recipe := args.privacy_sft_config or _sft_run_recipe(args.tuned_model):
+        members, others = privacy.split_from_sft_recipe(recipe)
+        source = f"SFT recipe {recipe}: train split vs held-out split"
+    else:
+        raise TeamsRLError("privacy needs privacy_sft_config (the SFT recipe), a tuned model inside an SFT run folder "
+                           "(with config/sft.yaml), or privacy_members + privacy_non_members", field="privacy")
+    return (privacy.sample_rows(members, args.privacy_max_rows, args.seed),
+            privacy.sample_rows(others, args.privacy_max_rows, args.seed + 1), source)
+
+
+# --- Run --------------------------------------------------------------------------------------------------------------
+def evaluate(args: EvalArguments) -> dict:
+    """Run everything the arguments ask for and write ``<output_dir>/eval``. Returns the results dict."""
+    began = time.perf_counter()
+    out = Path(args.output_dir) / "eval"
+    tuned = describe_tuned(args.tuned_model) if args.tuned_model else None
+    fingerprint = _fingerprint(args, tuned)
+    previous = out / "results.json"
+    if previous.is_file() and not args.overwrite:
+        done = json.loads(previous.read_text(encoding="utf-8"))
+        if done.get("fingerprint") == fingerprint:
+            logger.warning("%s is complete for this config; skipping (--overwrite true to re-run)", previous)
+            return done
+    if not args.run_lm_eval and not args.privacy and not args.dataset:
+        raise TeamsRLError("nothing to do: run_lm_eval is false, privacy is false and no dataset is set",
+                           field="run_lm_eval")
+
+    # Fail fast, before any model loads: task names and their data, the models, the privacy rows.
+    specs = [lmeval.TaskSpec.parse(t) for t in args.tasks] if args.run_lm_eval else []
+    manager = tasks_dir = None
+    if specs:
+        source = _tasks_dir(args.tasks_dir)
+        tasks_dir = lmeval.resolve_tasks_dir(source, out / "tasks") if source else None
+        manager = lmeval.task_manager(specs, tasks_dir)
+        lmeval.check_tasks(manager, specs, tasks_dir)
+    base_path = resolve_model(args.base_model, field="base_model")
+    pairs, privacy_source, n_members = None, None, 0
+    if args.privacy:
+        members, others, privacy_source = _privacy_rows(args)
+        from transformers import AutoTokenizer
+
+        # One rendering for both models: the tuned model's template (the one its training rows were written in).
+        fmt = AutoTokenizer.from_pretrained((tuned or {}).get("tokenizer") or base_path)
+        pairs, n_members = privacy.to_pairs(members + others, fmt), len(members)
+
+    device = args.device or default_device()
+    models = {"base": {"ref": args.base_model, "upstream": upstream_id(args.base_model), "path": base_path}}
+    if tuned:
+        models["tuned"] = tuned
+    bench, scores = {}, {}
+    for label, info in models.items():
+        adapter = info["path"] if info.get("kind") == "peft adapter" else None
+        pretrained = base_path if adapter or label == "base" else info["path"]
+        try:
+            lm = lmeval.load_lm(pretrained, adapter=adapter, tokenizer=info.get("tokenizer"), dtype=args.dtype,
+                                device=device, batch_size=args.batch_size)
+        except (OSError, ValueError) as err:  # unreachable Hub id, missing weights, adapter for another base
+            reason = " ".join(str(err).split())[:300]
+            raise TeamsRLError(f"cannot load the {label} model: {reason}", field=f"{label}_model") from None
+        chat = args.apply_chat_template == "true" or (args.apply_chat_template == "auto" and lmeval.has_chat_template(lm))
+        info["chat_template"] = chat
+        if specs:
+            bench[label] = lmeval.run_tasks(lm, specs, manager, chat_template=chat, limit=args.limit,
+                                            bootstrap_iters=args.bootstrap_iters, seed=args.seed)
+        if pairs is not None:
+            scores[label] = privacy.membership_scores(lm.model, lm.tokenizer, pairs, min_k=args.privacy_min_k,
+                                                      batch_size=args.batch_size, max_length=args.privacy_max_length,
+                                                      desc=f"privacy ({label})")
+        del lm
+        gc.collect()
+
+    results = {"teams_rl_version": __version__, "lm_eval_version": lmeval.lm_eval_version(),
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
+               "config": dataclasses.asdict(args), "device": device, "models": models}
+    if specs:
+        base_runs = bench["base"]
+        results["tasks"] = {s.name: {"version": base_runs[s.name]["version"], "num_fewshot": base_runs[s.name][
+            "num_fewshot"], "samples": base_runs[s.name]["samples"], "source": "local" if s.name in
+            lmeval.local_task_names(tasks_dir) else "lm-eval built-in (Hub data)"} for s in specs}
+        results["table"] = lmeval.comparison_rows(base_runs, bench.get("tuned"))
+        results["lm_eval"] = bench
+    if "base" in scores and "tuned" in scores:
+        # A reference-calibrated attack: how much likelier did fine-tuning make each row? Row difficulty cancels.
+        scores["tuned"]["neg_loss_vs_base"] = scores["tuned"]["neg_loss"] - scores["base"]["neg_loss"]
+    if scores:
+        results["privacy"] = {"source": privacy_source, "members": n_members, "non_members": len(pairs) - n_members,
+                              "min_k": args.privacy_min_k, "note": "AUC near 0.5 = the model tells members from "
+                              "non-members no better than chance (better privacy); base = control",
+                              "models": {label: privacy.membership_auc(
+                                  {k: v[:n_members] for k, v in s.items()}, {k: v[n_members:] for k, v in s.items()},
+                                  iters=args.privacy_bootstrap, seed=args.seed) for label, s in scores.items()},
+                              "row_scores": {label: {k: v.round(5).tolist() for k, v in s.items()}
+                                             for label, s in scores.items()}}
+    if args.dataset:
+        from teams_rl.evaluate import dataset_metrics as eval_dataset
+
+        metrics, rows = eval_dataset.compute(args.dataset, embedding_model=args.embedding_model)
+        eval_dataset.write(metrics, rows, out, plots=args.plots)
+        results["metrics"] = {"file": str(out / "metrics.json"), "rows": metrics["rows"],
+                              "diversity": metrics["diversity"],
+                              "near_duplicate_rate": metrics.get("near_duplicates", {}).get("rate")}
+    if args.plots:
+        from teams_rl.evaluate import plots as eval_plots
+
+        if results.get("table"):
+            eval_plots.benchmarks(results["table"], out / "plots" / "benchmarks.png")
+        for signal, title in (("neg_loss", "loss"), ("min_k", f"Min-{args.privacy_min_k:.0%} Prob")):
+            if scores:
+                reports = results["privacy"]["models"]
+                curves = {label: r[signal] for label, r in reports.items()}
+                if signal == "neg_loss" and "neg_loss_vs_base" in reports.get("tuned", {}):
+                    curves["tuned, calibrated by base"] = reports["tuned"]["neg_loss_vs_base"]
+                eval_plots.roc(curves, out / "plots" / f"privacy_roc_{signal}.png",
+                               title=f"Membership inference ({title})")
+    results["wall_s"] = round(time.perf_counter() - began, 1)
+    atomic_write_text(out / "results.md", eval_report.markdown_report(results))
+    atomic_write_text(out / "config" / "evaluate.yaml", to_yaml(args))
+    atomic_write_text(previous, json.dumps(results, indent=2, ensure_ascii=False, default=float) + "\n")
+    logger.info("evaluation written to %s (%.0f s)", out, results["wall_s"])
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``teams-rl evaluate --config recipes/<model>/eval/config.yaml [--key value ...]``; returns the results."""
+    argv = list(argv or [])
+    (args,), recipe = parse_args([EvalArguments], argv, "teams-rl evaluate")
+    for f in dataclasses.fields(args):  # `--tuned_model null` on the command line means None, as in YAML
+        if isinstance(getattr(args, f.name), str) and getattr(args, f.name).lower() in ("null", "none"):
+            setattr(args, f.name, None)
+    with located(recipe):
+        return evaluate(args)
+
+
+def cli(argv: list[str]) -> None:
+    """``teams-rl evaluate`` / ``python -m teams_rl.evaluate``: run, then print the tables."""
+    from rich.console import Console
+
+    from teams_rl.evaluate.report import print_results
+
+    print_results(main(argv), Console())

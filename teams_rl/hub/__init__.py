@@ -1,0 +1,1 @@
+"""Stage 5, publishing: ``teams-rl push dataset|model`` (``push``) with cards rendered from templates (``cards``)."""

@@ -1,0 +1,274 @@
+"""The Hub cards of ``teams-rl push``: facts read from a run folder, rendered with ``templates/*.md``. The tables are
+the ones ``teams-rl`` prints in the terminal (report, eval_dataset), turned into Markdown."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import yaml
+
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.layout import stage_of_recipe
+from teams_rl.core.markdown import markdown_table, render
+from teams_rl.core.refs import is_embedded, upstream_id
+from teams_rl.llm.tables import ledger_markdown
+
+TEMPLATES = Path(__file__).parent / "templates"
+DATASET_TAGS = ["teams-rl", "synthetic", "instruction-tuning"]
+MODEL_TAGS = ["teams-rl", "trl", "sft"]
+MODEL_PLOTS = ("benchmarks", "privacy")  # eval/plots/*.png of the model card; the rest belong to the dataset's
+EVAL_SECTIONS = ("Benchmarks", "Membership inference")
+
+
+# --- Files -----------------------------------------------------------------------------------------------------------
+def attach(files: dict, folder: str, paths: Iterable[Path | None]) -> list[str]:
+    """Add the existing ``paths`` to ``files`` (path in repo -> local path) under ``folder/``; first name wins."""
+    added = []
+    for path in paths:
+        target = None if path is None else path.name if folder == "." else f"{folder}/{path.name}"
+        if target and target not in files and path.is_file():
+            files[target] = path
+            added.append(target)
+    return added
+
+
+def _plots(paths: Iterable[str]) -> list[dict]:
+    return [{"path": p, "stem": Path(p).stem.replace("_", " ")} for p in paths]
+
+
+def reproduce(recipes: Sequence[str]) -> list[str]:
+    """A line per attached recipe, with the command that re-runs its stage."""
+    out = []
+    for path in recipes:
+        stage = stage_of_recipe(path)
+        out.append(f"`{path}`" + (f": `teams-rl {stage} --config {path}`" if stage else ""))
+    return out
+
+
+# --- Facts ---------------------------------------------------------------------------------------------------------
+def read_yaml(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def project_licence() -> str:
+    """teams-rl's licence (pyproject's ``license``) as a Hub licence id."""
+    meta = importlib.metadata.metadata("teams-rl")
+    return (meta.get("License-Expression") or meta.get("License") or "apache-2.0").lower()
+
+
+def seeds_are_ours(recipe: dict) -> bool:
+    """True when every seed is one of the package's own: ``builtin``, or a local file drawn only from them
+    (``train-policy`` writes its held-out seeds that way)."""
+    from teams_rl.env.seeds import BUILTIN, load_seeds
+
+    source = str(recipe.get("dataset_name") or BUILTIN)
+    if source == BUILTIN:
+        return True
+    if not Path(source).is_file():
+        return False
+    try:
+        seeds = load_seeds(source, instruction_column=recipe.get("instruction_column") or "instruction",
+                           input_column=recipe.get("input_column"), id_column=recipe.get("id_column"))
+    except TeamsRLError:
+        return False
+    ours = {(s.instruction, s.input) for s in load_seeds(BUILTIN)}
+    return bool(seeds) and all((s.instruction, s.input) in ours for s in seeds)
+
+
+def lineage(summary: dict, rows: Sequence[dict]) -> dict:
+    """Who wrote the rows: the synthesis summary's lineage (a merged dataset: its first shard's), else row 0's."""
+    found = summary.get("lineage") or next((s["lineage"] for s in summary.get("shards") or [] if "lineage" in s), None)
+    return found or {k: v for k, v in (rows[0] if rows else {}).items() if k in (
+        "policy", "expert_model", "expert_backend", "reviewer_model", "reviewer_modes")}
+
+
+def roles(recipe: dict, line: dict, policy: dict | None, policy_recipe: dict) -> list[dict]:
+    """One row per role that shaped the data: expert, reviewer and, for a trained policy, instructor and rewriter."""
+    out = [("expert", line.get("expert_model") or upstream_id(recipe.get("expert_model") or "unknown"),
+            line.get("expert_backend") or recipe.get("expert_backend"),
+            "carries out each rewrite and answers each kept instruction")]
+    modes = line.get("reviewer_modes") or recipe.get("reviewer_modes") or ""
+    judge = line.get("reviewer_model") or (re.search(r"judge|graded", modes) and recipe.get("reviewer_model"))
+    if judge:
+        out.append(("reviewer", upstream_id(judge), recipe.get("reviewer_backend"),
+                    f"scores rewrites for information gain ({modes})"))
+    if "embedding" in modes:
+        out.append(("reviewer (novelty)", upstream_id(recipe.get("reviewer_embedding_model") or "minilm"),
+                    "sentence-transformers", "embedding novelty of each rewrite"))
+    if policy:
+        job = f"picks the action at each step (trained with {policy.get('algorithm', '?')})"
+        if policy.get("kind") == "instructor":
+            out.append(("instructor", upstream_id(str(policy.get("base_model"))), "transformers + LoRA adapter", job))
+        else:
+            out.append(("instructor", "the policy's own small MLP", "torch", job))
+    if rewriter := policy_recipe.get("rewriter_model"):
+        out.append(("rewriter (policy training)", "the instructor model itself" if rewriter == "instructor" else
+                    upstream_id(rewriter), policy_recipe.get("rewriter_backend"), "rewrote while the policy trained"))
+    return [{"role": role, "model": model if model.startswith("the ") else f"`{model}`", "backend": backend or "-",
+             "job": job} for role, model, backend, job in out]
+
+
+def policy_section(name: str, meta: dict | None, recipe: dict, plots: Sequence[str]) -> dict:
+    """The policy paragraph: the random baseline, or a trained policy with its probe table and how it trained."""
+    if meta is None:
+        what = "the random policy (the Evol-Instruct baseline)" if name == "random" else f"the policy `{name}`"
+        return {"random": name == "random", "summary": what, "name": name, "table": None}
+    from teams_rl.policy.tables import policy_table
+
+    training = [f"{k.replace('_', ' ')}: {recipe[k]}" for k in ("learning_rate", "depth", "reviewer_modes",
+                                                                  "held_out_seeds") if recipe.get(k) not in (None, 0)]
+    if rewards := meta.get("reward_per_update"):
+        training.append(f"mean reward per update: {rewards[0]:.3f} (first) -> {rewards[-1]:.3f} (last)")
+    if meta.get("stopped"):
+        training.append(f"stopped early: {meta['stopped']}")
+    algorithm = meta.get("algorithm", meta.get("kind", "?"))
+    return {"random": False, "summary": f"a trained {algorithm} instructor policy", "name": name,
+            "algorithm": algorithm, "table": markdown_table(policy_table(meta)), "training": training,
+            "facts": "".join(f", {meta[k]} {k}" for k in ("steps", "episodes") if meta.get(k) is not None),
+            "plots": _plots(plots)}
+
+
+def synthesis_markdown(summary: dict) -> str | None:
+    from teams_rl.synthesize.tables import summary_tables
+
+    try:
+        return markdown_table(summary_tables(summary)[0])
+    except KeyError:  # a merged dataset's summary holds its shards' summaries instead
+        return None
+
+
+def dataset_metrics(root: Path, folder: Path, rows: list[dict], plots_dir: Path, compute: bool):
+    """The metrics table and dataset plots: from ``eval/`` when they describe these rows, else computed now (that
+    loads the embedding model), else none. Returns (Markdown table or None, plot paths)."""
+    from teams_rl.evaluate import dataset_metrics as eval_dataset
+
+    saved = root / "eval" / "metrics.json"
+    metrics = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else None
+    if metrics and metrics.get("rows") == len(rows):
+        plots = [p for p in sorted((saved.parent / "plots").glob("*.png")) if not p.name.startswith(MODEL_PLOTS)]
+        return markdown_table(eval_dataset.metrics_table(metrics)), plots
+    if not compute:
+        return None, []
+    from teams_rl.evaluate.plots import dataset_plots
+
+    metrics, _ = eval_dataset.compute(folder)
+    return markdown_table(eval_dataset.metrics_table(metrics)), dataset_plots(metrics, rows, plots_dir)
+
+
+# --- Dataset card ----------------------------------------------------------------------------------------------------
+def dataset_card(root: Path, folder: Path, rows: list[dict], summary: dict, *, title: str, files: dict,
+                 plots_dir: Path, compute_metrics: bool) -> tuple[str, bool]:
+    """The dataset card's body; the files it shows or names are added to ``files``. Also says whether the seeds are
+    the package's own (the data's licence is then the project's)."""
+    from teams_rl.core.versions import framework_versions
+    from teams_rl.env.actions import load_actions
+    from teams_rl.policy.instructor import POLICY_FILE, read_policy_meta
+
+    found = sorted((root / "config").glob("synthesize*.yaml"))
+    recipe = read_yaml(found[0]) if found else {}
+    line = lineage(summary, rows)
+    name, ref = str(line.get("policy") or recipe.get("policy") or "unknown"), recipe.get("policy")
+    candidates = ([Path(ref)] if ref and ref != "random" else []) + ([root / "policy"] if name != "random" else [])
+    policy_dir = next((c for c in candidates if (c / POLICY_FILE).is_file()), None)
+    meta = read_policy_meta(policy_dir) if policy_dir else None
+    policy_run = policy_dir.parent if policy_dir else None
+    policy_recipe = read_yaml(policy_run / "config" / "train-policy.yaml") if policy_run else {}
+
+    recipes = attach(files, "recipes", sorted((root / "config").glob("*.yaml")))
+    recipes += attach(files, "recipes", [policy_run / "config" / "train-policy.yaml"] if policy_run else [])
+    policy_plots = attach(files, "plots", sorted((policy_run / "plots").glob("*.png"))) if policy_run else []
+    ledgers = [(root / "ledger.sqlite", "This run folder's ledger (every stage that shared it)")]
+    if policy_run and policy_run.resolve() != root.resolve():
+        ledgers.append((policy_run / "ledger.sqlite", f"Policy training's ledger (`{policy_run.name}`)"))
+    metrics, metric_plots = dataset_metrics(root, folder, rows, plots_dir, compute_metrics)
+    notes = ["`output_dir` in each recipe names the original run folder; point it elsewhere to re-run."]
+    if recipe.get("dataset_name") not in (None, "builtin"):
+        notes.append(f"`dataset_name: {recipe['dataset_name']}` is the local seed source; it is not attached.")
+    if ref and ref != "random":
+        notes.append(f"`policy: {ref}` is the folder `teams-rl train-policy` wrote: train it first (its recipe is "
+                     "attached when it was found), or set `policy: random` for the Evol-Instruct baseline.")
+
+    ours = seeds_are_ours(recipe) if recipe else False
+    people = roles(recipe, line, meta, policy_recipe)
+    expert = people[0]["model"].strip("`")
+    source = recipe.get("dataset_name") or "builtin"
+    merged = summary.get("merged_from")
+    body = render(
+        TEMPLATES / "dataset_card.md", title=title, n_rows=len(rows), expert=expert, roles=people, licence=project_licence(),
+        seeds={"count": summary.get("seeds_total") or len({r.get("seed_id") for r in rows}), "ours": ours,
+               "source": "an unrecorded source (no config/synthesize.yaml)" if not recipe else
+               "teams-rl's built-in seed set" if source == "builtin" else f"`{source}`"},
+        actions=", ".join(f"`{a}`" for a in (recipe.get("actions") or "").split(",") if a) or ", ".join(
+            f"`{a.name}`" for a in load_actions()),
+        policy=policy_section(name, meta, policy_recipe, policy_plots), synthesis=synthesis_markdown(summary),
+        synthesis_note=f"Merged from {len(merged)} shards ({summary.get('duplicates_dropped', 0)} duplicate rows "
+        "dropped); the per-shard counts are in `summary.json`." if merged else "See `summary.json`.",
+        ledgers=[{"label": label, "table": ledger_markdown(path)} for path, label in ledgers if path.is_file()],
+        metrics=metrics, plots=_plots(attach(files, "plots", metric_plots)),
+        metrics_note="Not computed for this push (`--no-metrics`); `teams-rl metrics DATASET` computes them.",
+        columns=", ".join(f"`{c}`" for c in dict.fromkeys(k for r in rows for k in r)),
+        recipes=reproduce(recipes), notes=notes, versions=framework_versions(),
+        embedded_expert=is_embedded(str(recipe.get("expert_model"))) if recipe else expert == upstream_id(
+            "smollm2-135m"))
+    return body, ours
+
+
+def dataset_metadata(card_data, *, n_rows: int, title: str, seeds_ours: bool) -> None:
+    """Add ours to the YAML header ``push_to_hub`` wrote (its ``dataset_info`` and ``configs`` stay)."""
+    card_data.license = project_licence() if seeds_ours else None  # None: no stale licence from an earlier push
+    card_data.language = ["en"] if seeds_ours else None
+    card_data.tags = sorted({*(card_data.get("tags") or []), *DATASET_TAGS})
+    card_data.task_categories = ["text-generation"]
+    sizes = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
+    card_data.size_categories = [next((name for limit, name in sizes if n_rows < limit), "n>1M")]
+    card_data.pretty_name = title
+
+
+# --- Model card ------------------------------------------------------------------------------------------------------
+def evaluation(folders: Iterable[Path]) -> tuple[str, list[Path], Path | None]:
+    """The benchmark and privacy sections of the first ``eval/results.md`` (or results.json) found, one heading level
+    down, with the eval plots that belong to the model and the resolved eval recipe."""
+    from teams_rl.evaluate.report import markdown_report
+
+    for folder in folders:
+        if (folder / "results.md").is_file():
+            text = (folder / "results.md").read_text(encoding="utf-8")
+        elif (folder / "results.json").is_file():
+            text = markdown_report(json.loads((folder / "results.json").read_text(encoding="utf-8")))
+        else:
+            continue
+        sections = ["### " + p.strip() for p in re.split(r"(?m)^## ", text)[1:] if p.startswith(EVAL_SECTIONS)]
+        plots = [p for p in sorted((folder / "plots").glob("*.png")) if p.name.startswith(MODEL_PLOTS)]
+        recipe = folder / "config" / "evaluate.yaml"
+        return "\n\n".join(sections), plots, recipe if recipe.is_file() else None
+    return "", [], None
+
+
+def model_card(sft_card: str, *, repo_id: str, revision: str | None, library: str, dataset: dict | None,
+               evaluation: str, plots: Sequence[str], recipes: Sequence[str]) -> str:
+    """The SFT card with the Hub ids filled in, and the data link, evaluation, plots and recipes added."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(sft_card)
+    card.data.library_name = library
+    card.data.tags = list(dict.fromkeys([*(card.data.get("tags") or []), *MODEL_TAGS]))
+    link = None
+    if dataset:
+        card.data.datasets = list(dict.fromkeys([*(card.data.get("datasets") or []), dataset["repo_id"]]))
+        link = (f"[`{dataset['repo_id']}`]({dataset['url']})"
+                + (f" at revision `{dataset['revision']}`" if dataset.get("revision") else "")
+                + (f" (commit `{dataset['commit'][:12]}`)" if dataset.get("commit") else ""))
+    body = card.text.replace('"PATH/TO/adapter"', f'"{repo_id}"' + (f', revision="{revision}"' if revision else ""))
+    body = re.sub(r"(?m)^# .*$", f"# {repo_id.split('/')[-1]}", body, count=1)  # the SFT card names the run folder
+    extra = render(TEMPLATES / "model_card.md", dataset=dataset, dataset_link=link, evaluation=evaluation, plots=_plots(plots),
+                   recipes=reproduce(recipes)).strip()
+    head, sep, tail = body.partition("## Framework versions")
+    card.text = f"{head.rstrip()}\n\n{extra}\n\n{sep}{tail}" if sep else f"{body.rstrip()}\n\n{extra}\n"
+    return str(card)

@@ -1,0 +1,336 @@
+"""``teams-rl push``: publish a run's dataset or model to the Hugging Face Hub with an honest card, private by default.
+The token is huggingface_hub's business (HF_TOKEN or ``hf auth login``): it is never taken, passed or written here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.files import atomic_write_text
+from teams_rl.core.layout import ROWS_FILE
+from teams_rl.env.dataset import load_rows
+from teams_rl.hub import cards as cards
+
+logger = logging.getLogger(__name__)
+
+HUB_FILE = "hub.json"
+_NETWORK_MODULES = ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3")
+
+
+@dataclass
+class Run:
+    """What to push: ``folder`` (a dataset folder, or an adapter/model folder inside ``sft``); ``root`` is the run
+    folder around it, where ``config/``, ``ledger.sqlite``, ``plots/``, ``eval/`` and ``hub.json`` live."""
+
+    root: Path
+    folder: Path
+    sft: Path | None = None
+
+
+# --- Which folder ----------------------------------------------------------------------------------------------------
+def _folder(run_dir: str | Path) -> Path:
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise TeamsRLError("no such folder", file=str(run_dir))
+    return path
+
+
+def find_dataset(run_dir: str | Path) -> Run:
+    """A run folder holding ``dataset/``, or the dataset folder itself."""
+    path = _folder(run_dir)
+    if (path / ROWS_FILE).is_file():
+        parent = path.parent
+        return Run(parent if (parent / "ledger.sqlite").is_file() or (parent / "config").is_dir() else path, path)
+    if (path / "dataset" / ROWS_FILE).is_file():
+        return Run(path, path / "dataset")
+    raise TeamsRLError("no dataset here (neither rows.jsonl nor dataset/rows.jsonl): run `teams-rl synthesize` first",
+                       file=str(run_dir))
+
+
+def _has_weights(folder: Path) -> bool:
+    return (folder / "adapter_config.json").is_file() or (
+        (folder / "config.json").is_file() and any(folder.glob("*.safetensors")))
+
+
+def find_model(run_dir: str | Path, merged: bool = False) -> Run:
+    """A pipeline run folder (``sft/``), an SFT output folder (``adapter/``, ``model/``, ``merged/``), or the weights
+    folder itself. ``merged`` picks ``merged/`` over the adapter."""
+    path = _folder(run_dir)
+    if _has_weights(path):
+        sft = path.parent if path.name in ("adapter", "model", "merged") else None
+        return Run(sft.parent if sft and sft.name == "sft" else sft or path, path, sft)
+    sft = path / "sft" if (path / "sft").is_dir() else path
+    for name in ("merged",) if merged else ("adapter", "model"):
+        if _has_weights(sft / name):
+            return Run(path, sft / name, sft)
+    what = "merged/ (train with save_merged: true)" if merged else "adapter/ or model/"
+    raise TeamsRLError(f"no {what} here or under sft/: run `teams-rl sft` first", file=str(run_dir))
+
+
+# --- hub.json --------------------------------------------------------------------------------------------------------
+def read_pushes(root: Path) -> dict:
+    path = Path(root) / HUB_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def record_push(root: Path, kind: str, entry: dict) -> None:
+    """Keep what was pushed where, per kind (``dataset``, ``model``), in ``ROOT/hub.json``."""
+    pushes = {**read_pushes(root), kind: entry}
+    atomic_write_text(Path(root) / HUB_FILE, json.dumps(pushes, indent=2, ensure_ascii=False) + "\n")
+
+
+def repo_url(kind: str, repo_id: str, revision: str | None = None) -> str:
+    from huggingface_hub import constants
+
+    url = f"{constants.ENDPOINT}/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
+    return url + (f"/tree/{quote(revision, safe='')}" if revision and revision != "main" else "")
+
+
+# --- Hub access -------------------------------------------------------------------------------------------------------
+def _require_token() -> None:
+    """Fail before any request when the Hub is switched off or no login is known (only whether a token exists)."""
+    from huggingface_hub import constants, get_token
+
+    if constants.HF_HUB_OFFLINE:
+        raise TeamsRLError("HF_HUB_OFFLINE is set: pushing needs the Hub, unset it for this command")
+    if not get_token():
+        raise TeamsRLError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (teams-rl never takes a token "
+                           "on the command line)")
+
+
+def _refuse_secrets(paths: Iterable[Path | bytes], texts: Iterable[str] = ()) -> None:
+    """Never upload the Hub token: a recipe or log that captured it stops the push (weights are not read)."""
+    from huggingface_hub import get_token
+
+    needle = (get_token() or "").encode()
+    if not needle:
+        return
+    for path in paths:
+        if isinstance(path, Path) and path.is_file() and path.stat().st_size < 64 << 20 and needle in path.read_bytes():
+            raise TeamsRLError("this file holds your Hub token: refusing to upload it", file=str(path))
+    if any(needle in text.encode() for text in texts):
+        raise TeamsRLError("a card would hold your Hub token: refusing to upload it")
+
+
+@contextmanager
+def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
+    """A refused or failed request becomes one line naming the repo (never a traceback, never a header)."""
+    try:
+        yield
+    except Exception as err:
+        if not isinstance(err, OSError) and not type(err).__module__.startswith(_NETWORK_MODULES):
+            raise
+        reason = " ".join(str(err).split())[:300]
+        raise TeamsRLError(f"push to {repo_id} (revision {revision or 'main'}) failed: {reason}") from None
+
+
+def _guard(api, repo_id: str, kind: str, revision: str | None, overwrite: bool, private: bool) -> bool:
+    """Refuse to replace an earlier push at this revision unless ``overwrite``. Returns the repo's visibility."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        info = api.repo_info(repo_id, repo_type=kind)
+    except RepositoryNotFoundError:
+        return private
+    try:
+        files = api.list_repo_files(repo_id, repo_type=kind, revision=revision) if revision else [
+            s.rfilename for s in info.siblings or []]
+    except RevisionNotFoundError:
+        files = []
+    held = [f for f in files if f != ".gitattributes"]
+    if held and not overwrite:
+        raise TeamsRLError(f"{kind} repo {repo_id} already holds a push at revision '{revision or 'main'}' "
+                           f"({len(held)} files{', README.md' if 'README.md' in held else ''}): pass --overwrite to "
+                           "replace it, or push to another --revision")
+    if bool(info.private) != private:
+        logger.warning("%s already exists and is %s; its visibility is left as it is", repo_id,
+                       "private" if info.private else "public")
+    return bool(info.private)
+
+
+def _prepare(api, repo_id: str, kind: str, revision: str | None, private: bool, message: str) -> None:
+    """Create the repo and branch if missing, and empty the revision of an earlier push (but .gitattributes): an
+    overwrite starts clean, and ``push_to_hub`` would otherwise merge the old card's features into the new one."""
+    from huggingface_hub import CommitOperationDelete
+
+    api.create_repo(repo_id, repo_type=kind, private=private, exist_ok=True)
+    if revision:
+        api.create_branch(repo_id, branch=revision, repo_type=kind, exist_ok=True)
+    stale = [p for p in api.list_repo_files(repo_id, repo_type=kind, revision=revision) if p != ".gitattributes"]
+    if stale:
+        api.create_commit(repo_id, [CommitOperationDelete(p) for p in stale], repo_type=kind, revision=revision,
+                          commit_message=f"{message}: remove the earlier push")
+
+
+def _commit(api, repo_id: str, kind: str, revision: str | None, files: dict[str, Path | bytes], message: str,
+            parent: str | None = None):
+    """One commit adding ``files`` (path in repo -> local file or bytes)."""
+    from huggingface_hub import CommitOperationAdd
+
+    ops = [CommitOperationAdd(path, data if isinstance(data, bytes) else str(data)) for path, data in files.items()]
+    return api.create_commit(repo_id, ops, commit_message=message, repo_type=kind, revision=revision,
+                             parent_commit=parent)
+
+
+def _done(root: Path, kind: str, repo_id: str, revision: str | None, commit: str, private: bool, source: Path) -> dict:
+    entry = {"repo_id": repo_id, "revision": revision or "main", "commit": commit,
+             "url": repo_url(kind, repo_id, revision), "private": private,
+             "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": str(source)}
+    record_push(root, kind, entry)
+    logger.info("pushed %s to %s (commit %s); recorded in %s", source, entry["url"], commit[:12], root / HUB_FILE)
+    return entry
+
+
+# --- Dataset ---------------------------------------------------------------------------------------------------------
+def push_dataset(run_dir: str | Path, repo_id: str, *, revision: str | None = None, public: bool = False,
+                 overwrite: bool = False, message: str | None = None, metrics: bool = True) -> dict:
+    """Upload the rows with ``Dataset.push_to_hub``, then the card, recipes, rejected rows, summary and plots in one
+    more commit. Writes ``hub.json`` in the run folder and returns its entry."""
+    from huggingface_hub import DatasetCard, HfApi
+
+    run = find_dataset(run_dir)
+    rows, _, summary = load_rows(run.folder)
+    if not rows:
+        raise TeamsRLError("the dataset has no rows: nothing to push", file=str(run.folder))
+    _require_token()
+    api = HfApi()
+    with _hub_errors(repo_id, revision):  # before the card's work: a refused push should not wait for metrics
+        private = _guard(api, repo_id, "dataset", revision, overwrite, not public)
+    table = _table(run.folder, rows)
+    message = message or f"Upload teams-rl dataset ({run.root.name})"
+    title = repo_id.split("/")[-1]
+    with tempfile.TemporaryDirectory(prefix="teams-rl-push-") as tmp:
+        files: dict[str, Path | bytes] = {}
+        cards.attach(files, ".", [run.folder / "rejected.jsonl", run.folder / "summary.json"])
+        body, seeds_ours = cards.dataset_card(run.root, run.folder, rows, summary, title=title, files=files,
+                                              plots_dir=Path(tmp) / "plots", compute_metrics=metrics)
+        _refuse_secrets([run.folder / ROWS_FILE, *files.values()], [body])
+        with _hub_errors(repo_id, revision):
+            _prepare(api, repo_id, "dataset", revision, not public, message)
+            first = table.push_to_hub(repo_id, revision=revision, private=not public, commit_message=message)
+            card = DatasetCard.load(api.hf_hub_download(repo_id, "README.md", repo_type="dataset",
+                                                        revision=first.oid, cache_dir=tmp))
+            cards.dataset_metadata(card.data, n_rows=len(rows), title=title, seeds_ours=seeds_ours)
+            card.text = body
+            files["README.md"] = str(card).encode()
+            done = _commit(api, repo_id, "dataset", revision, files, f"{message}: card, recipes, plots",
+                           parent=first.oid)
+    return _done(run.root, "dataset", repo_id, revision, done.oid, private, run.folder)
+
+
+def _table(folder: Path, rows: list[dict]):
+    """The saved ``datasets`` table (every lineage column as written), else one built from rows.jsonl."""
+    import datasets
+
+    try:
+        table = datasets.load_from_disk(str(folder))
+    except (FileNotFoundError, ValueError):
+        table = datasets.Dataset.from_list(rows)
+    if len(table) != len(rows):
+        raise TeamsRLError(f"the datasets files hold {len(table)} rows but rows.jsonl {len(rows)}: the folder is "
+                           "inconsistent, re-run synthesize or merge", file=str(folder))
+    return table
+
+
+# --- Model -----------------------------------------------------------------------------------------------------------
+def push_model(run_dir: str | Path, repo_id: str, *, revision: str | None = None, public: bool = False,
+               overwrite: bool = False, message: str | None = None, merged: bool = False,
+               dataset_repo_id: str | None = None, dataset_revision: str | None = None) -> dict:
+    """Upload the adapter (or full / merged model) with its SFT card extended: the dataset on the Hub, the eval
+    table, the recipes and plots; one commit. Writes ``hub.json`` in the run folder and returns its entry."""
+    from huggingface_hub import HfApi
+
+    from teams_rl.sft.weights import verify_weights
+
+    run = find_model(run_dir, merged)
+    if not (run.folder / "README.md").is_file():
+        raise TeamsRLError("no model card (README.md): this SFT output is incomplete, re-run `teams-rl sft`",
+                           file=str(run.folder))
+    if dataset_revision and not dataset_repo_id:
+        raise TeamsRLError("--dataset-revision needs --dataset-repo-id")
+    verify_weights(run.folder)
+    _require_token()
+    api = HfApi()
+    with _hub_errors(repo_id, revision):
+        private = _guard(api, repo_id, "model", revision, overwrite, not public)
+    dataset = ({"repo_id": dataset_repo_id, "revision": dataset_revision, "commit": None,
+                "url": repo_url("dataset", dataset_repo_id, dataset_revision)} if dataset_repo_id
+               else read_pushes(run.root).get("dataset"))
+    files: dict[str, Path | bytes] = {}  # the weights folder as it is, minus its card, hidden files and pickles
+    for path in sorted(run.folder.rglob("*")):
+        rel = path.relative_to(run.folder)
+        if path.is_file() and path.name not in ("README.md", "training_args.bin") and not any(
+                part.startswith(".") for part in rel.parts):
+            files[rel.as_posix()] = path
+    sft = run.sft or run.root
+    evaluation, eval_plots, eval_recipe = cards.evaluation(dict.fromkeys(f / "eval" for f in (run.root, sft)))
+    recipes = cards.attach(files, "recipes", [sft / "config" / "sft.yaml", run.root / "config" / "sft.yaml",
+                                              eval_recipe])
+    plots = cards.attach(files, "plots", [sft / "plots" / "loss.png", *eval_plots])
+    card = cards.model_card((run.folder / "README.md").read_text(encoding="utf-8"), repo_id=repo_id,
+                            revision=revision, dataset=dataset, evaluation=evaluation, plots=plots, recipes=recipes,
+                            library="peft" if (run.folder / "adapter_config.json").is_file() else "transformers")
+    _refuse_secrets(files.values(), [card])
+    files["README.md"] = card.encode()
+    message = message or f"Upload teams-rl model ({run.root.name})"
+    with _hub_errors(repo_id, revision):
+        _prepare(api, repo_id, "model", revision, not public, message)
+        done = _commit(api, repo_id, "model", revision, files, message)
+    return _done(run.root, "model", repo_id, revision, done.oid, private, run.folder)
+
+
+# --- CLI -------------------------------------------------------------------------------------------------------------
+def _common(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help=f"A run folder, or the {what} folder itself.")
+    parser.add_argument("--repo-id", required=True, metavar="USER/NAME", help="The Hub repo to push to.")
+    parser.add_argument("--revision", metavar="BRANCH", help="Push to this branch (made from main if missing); one "
+                        "branch per experiment. Default: main.")
+    parser.add_argument("--public", action="store_true", help="Make a new repo public (default: private). An "
+                        "existing repo keeps its visibility.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an earlier push at this revision.")
+    parser.add_argument("--message", metavar="MSG", help="Commit message.")
+
+
+def cli(argv: list[str]) -> None:
+    """The ``teams-rl push`` handler."""
+    parser = argparse.ArgumentParser(
+        prog="teams-rl push", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Upload a run's dataset or model to the Hugging Face Hub with its card, private by default.\n"
+        "Log in first (`hf auth login`, or set HF_TOKEN): no token is ever taken on the command line.\n"
+        "Each push is recorded in hub.json in the run folder.",
+        epilog="examples:\n  teams-rl push dataset runs/demo --repo-id me/demo-data --revision exp-1\n"
+               "  teams-rl push model runs/demo --repo-id me/demo-model --revision exp-1  # links the dataset above")
+    sub = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
+    data = sub.add_parser("dataset", help="The synthesized dataset: rows as parquet, card, recipes, plots.",
+                          description="Upload RUN_DIR/dataset (rows with their full lineage) with a dataset card: "
+                          "method, seeds, models per role, policy, LLM calls and tokens, rows kept and eliminated, "
+                          "metrics, plots, and the recipes to reproduce it.")
+    _common(data, "dataset")
+    data.add_argument("--no-metrics", action="store_true", help="Skip computing dataset metrics when eval/metrics.json "
+                      "is missing (computing them loads a small embedding model).")
+    model = sub.add_parser("model", help="The fine-tuned adapter or model, with its SFT card extended.",
+                           description="Upload the SFT adapter (or full model) with its card: base model, the dataset "
+                           "on the Hub, the SFT recipe, the evaluation table (base vs tuned, privacy AUC), plots.")
+    _common(model, "adapter or model")
+    model.add_argument("--merged", action="store_true", help="Push sft/merged (the adapter merged into the base).")
+    model.add_argument("--dataset-repo-id", metavar="USER/NAME", help="The dataset repo to link (default: the "
+                       "dataset push recorded in RUN_DIR/hub.json).")
+    model.add_argument("--dataset-revision", metavar="BRANCH", help="Its revision (with --dataset-repo-id).")
+    args = parser.parse_args(argv)
+    common = {"revision": args.revision, "public": args.public, "overwrite": args.overwrite, "message": args.message}
+    if args.kind == "dataset":
+        entry = push_dataset(args.run_dir, args.repo_id, metrics=not args.no_metrics, **common)
+    else:
+        entry = push_model(args.run_dir, args.repo_id, merged=args.merged, dataset_repo_id=args.dataset_repo_id,
+                           dataset_revision=args.dataset_revision, **common)
+    print(f"pushed {args.kind} ({'private' if entry['private'] else 'public'}, commit {entry['commit'][:12]}): "
+          f"{entry['url']}")

@@ -1,0 +1,2 @@
+"""Stage 2, synthesis: seeds evolved by a policy's actions, carried out and answered by the expert, into a dataset
+with full lineage (``run``); shards joined into one dataset (``merge``); the summary tables (``tables``)."""

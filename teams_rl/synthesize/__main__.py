@@ -1,0 +1,5 @@
+"""``python -m teams_rl.synthesize``: the same as the ``teams-rl`` command of this stage."""
+
+from teams_rl.core.entry import stage_main
+
+stage_main("teams_rl.synthesize.run:cli")

@@ -1,0 +1,217 @@
+"""Stage 2, synthesis: seeds → policy-chosen evolutions executed by the expert → expert answers → a dataset with
+full lineage. Resumable through the ledger, budgeted per role, deterministic per row, shardable."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from teams_rl.core.errors import BudgetExhausted
+from teams_rl.core.files import atomic_write_text
+from teams_rl.core.layout import DATASET_DIR, SHARDS_DIR, recipe_path
+from teams_rl.core.recipes import located, parse_args, role_arguments, role_settings, to_yaml
+from teams_rl.core.refs import upstream_id
+from teams_rl.env.build import (
+    ReviewArguments,
+    ReviewerArguments,
+    SeedArguments,
+    build_env,
+    select_actions,
+    select_seeds,
+)
+from teams_rl.env.chat import to_messages
+from teams_rl.env.dataset import write_dataset
+from teams_rl.env.environment import EMPTY, LLM_ERROR, REFUSAL, TRUNCATED, EvolutionEnv, State, Transition, derive_seed
+from teams_rl.env.parsing import is_only_punct_or_stopwords, is_refusal
+from teams_rl.env.seeds import parse_shard, shard_seeds
+from teams_rl.llm.base import GenerationRequest
+from teams_rl.llm.factory import sampling_from
+from teams_rl.policy import load_policy
+
+logger = logging.getLogger(__name__)
+
+ExpertArguments = role_arguments("expert", temperature=0.7, top_p=0.95, max_new_tokens=256)
+
+
+@dataclass
+class SynthesisArguments:
+    """How instructions are evolved and where the run lives."""
+
+    output_dir: str = field(default="runs/synthesis", metadata={"help": "Run folder (ledger, config, dataset)."})
+    seed: int = field(default=42, metadata={"help": "Run seed; each request's seed = f(run seed, row id, step)."})
+    policy: str = field(default="random", metadata={"help": "'random' (Evol-Instruct) or a trained policy folder."})
+    policy_sample: bool = field(default=False, metadata={"help": "Trained policy: sample actions (seeded per row) "
+                                                                  "instead of taking the most likely one."})
+    policy_temperature: float = field(default=1.0, metadata={"help": "Trained policy: sampling temperature."})
+    actions: str | None = field(default=None, metadata={"help": "Comma-separated subset of actions (default: all)."})
+    depth: int = field(default=3, metadata={"help": "Evolution steps per seed; every kept step becomes a row."})
+    rewrite_max_new_tokens: int = field(default=160, metadata={"help": "Longest rewrite the expert may write."})
+    chunk_size: int = field(default=16, metadata={"help": "Seeds evolved together (batching and budget unit)."})
+    shard: str | None = field(default=None, metadata={"help": "'i/N': process only shard i of N (see merge)."})
+    drop_truncated_responses: bool = field(default=False, metadata={"help": "Eliminate answers cut by max tokens."})
+
+
+ARGUMENTS = (SeedArguments, SynthesisArguments, ExpertArguments, ReviewerArguments, ReviewArguments)
+
+
+class _Accounting:
+    """Counts what each client spent, for the summary."""
+
+    def __init__(self, **clients):
+        self.clients = clients
+
+    def rows(self) -> list[dict]:
+        out = []
+        for purpose, client in self.clients.items():
+            s = client.stats
+            out.append({"role": client.role, "purpose": purpose, "model": client.model_id, "new": s.new_calls,
+                        "cached": s.cached_calls, "prompt_tokens": s.prompt_tokens,
+                        "completion_tokens": s.completion_tokens, "errors": s.errors})
+        return out
+
+
+def synthesize(seed_args: SeedArguments, args: SynthesisArguments, expert_args, reviewer_args,
+               review_args: ReviewArguments, recipe: str | None = None) -> dict:
+    """Run synthesis and write ``<output_dir>/dataset`` (or ``shards/i-of-N/dataset``). Returns the summary."""
+    began = time.perf_counter()
+    run_dir = Path(args.output_dir)
+    shard = parse_shard(args.shard) if args.shard else None
+    out = run_dir / DATASET_DIR if shard is None else run_dir / SHARDS_DIR / f"{shard[0]}-of-{shard[1]}" / DATASET_DIR
+    seeds = select_seeds(seed_args)
+    if shard is not None:
+        seeds = shard_seeds(seeds, *shard)
+    actions = select_actions(args.actions)
+    policy = load_policy(args.policy, actions, run_seed=args.seed, sample=args.policy_sample,
+                         temperature=args.policy_temperature)
+    expert = role_settings(expert_args, "expert")
+    built = build_env(run_dir, run_seed=args.seed, actions=actions, rewrite_role="expert", rewrite_settings=expert,
+                      reviewer_args=reviewer_args, review_args=review_args,
+                      rewrite_max_new_tokens=args.rewrite_max_new_tokens)
+    env, ledger, rewrites, judge = built.env, built.ledger, built.rewrite, built.judge
+    answers = built.backends.client(expert, "expert", ledger)
+    lineage = {
+        "policy": policy.name, "run_seed": args.seed, "reviewer_modes": review_args.reviewer_modes,
+        "expert_model": upstream_id(rewrites.model_id), "expert_backend": expert["backend"],
+        "reviewer_model": upstream_id(judge.model_id) if judge else None,
+        "expert_sampling": {"rewrite": vars(env.sampling), "answer": vars(sampling_from(expert))},
+    }
+
+    rows: list[dict] = []
+    rejected: list[dict] = []
+    steps, seeds_done, stopped = 0, 0, None
+    progress = tqdm(total=len(seeds), desc="synthesize", unit="seed")
+    try:
+        for start in range(0, len(seeds), args.chunk_size):
+            chunk = seeds[start : start + args.chunk_size]
+            kept, dropped = _evolve(env, policy, [State.from_seed(s) for s in chunk], args.depth)
+            chunk_rows, chunk_rejected = _answer(answers, kept, expert, args, lineage)
+            rows += chunk_rows
+            rejected += [_rejected_row(t) for t in dropped] + chunk_rejected
+            steps += len(kept) + len(dropped)
+            seeds_done += len(chunk)
+            progress.update(len(chunk))
+            progress.set_postfix(kept=len(rows), eliminated=len(rejected))
+    except BudgetExhausted as stop:
+        stopped = str(stop)
+        logger.warning("%s; keeping the %d rows finished so far", stopped, len(rows))
+    finally:
+        progress.close()
+        ledger.close()
+
+    by_seed = {s.id: s for s in seeds}
+    for row in rows:
+        row["seed_instruction"], row["seed_input"] = by_seed[row["seed_id"]].instruction, by_seed[row["seed_id"]].input
+    summary = {
+        "dataset": str(out), "recipe": recipe, "seeds_total": len(seeds), "seeds_done": seeds_done, "steps": steps,
+        "rows": len(rows), "eliminated": dict(Counter(r["reason"] for r in rejected)), "stopped": stopped,
+        "calls": _Accounting(rewrite=rewrites, review=judge, answer=answers).rows() if judge else
+        _Accounting(rewrite=rewrites, answer=answers).rows(),
+        "wall_s": time.perf_counter() - began, "lineage": lineage,
+    }
+    write_dataset(out, rows, rejected, summary)
+    # The resolved recipe sits next to what it produced; written last so a failed run never replaces it.
+    suffix = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
+    atomic_write_text(recipe_path(run_dir, "synthesize", suffix),
+                      to_yaml(seed_args, args, expert_args, reviewer_args, review_args))
+    return summary
+
+
+def _evolve(env: EvolutionEnv, policy, states: list[State], depth: int) -> tuple[list[Transition], list[Transition]]:
+    """``depth`` policy-chosen steps for a batch of seeds; a failed step leaves the instruction as it was."""
+    kept, dropped = [], []
+    for _ in range(depth):
+        transitions = env.step(states, policy.select(states))
+        for t in transitions:
+            (kept if t.kept else dropped).append(t)
+        states = [t.next_state for t in transitions]
+    return kept, dropped
+
+
+def _answer(client, kept: list[Transition], expert: dict, args: SynthesisArguments, lineage: dict):
+    """The expert answers each kept instruction; the paper's response rules eliminate bad answers."""
+    sampling = sampling_from(expert)
+    requests = [GenerationRequest(to_messages(t.next_state.instruction, t.next_state.input), sampling,
+                                  seed=derive_seed(args.seed, t.state.seed_id, t.state.step, "answer")) for t in kept]
+    rows, rejected = [], []
+    for t, result in zip(kept, client.generate(requests), strict=True):
+        reason = _screen_answer(result, args.drop_truncated_responses)
+        if reason is not None:
+            rejected.append(_rejected_row(t, stage="answer", reason=reason, text=result.text))
+            continue
+        s = t.next_state
+        rows.append({
+            "id": f"{s.seed_id}/{s.step}", "seed_id": s.seed_id, "instruction": s.instruction, "input": s.input,
+            "response": result.text, "depth": s.depth, "step": s.step, "actions": list(s.actions),
+            "parent_instruction": t.state.instruction, "reward": t.reward, "gain": t.review.gain,
+            **{f"score_{m}": v for m, v in t.review.scores.items()},
+            "review_parse_failures": t.review.parse_failures, "rewrite_finish_reason": t.finish_reason,
+            "response_finish_reason": result.finish_reason, **lineage,
+        })
+    return rows, rejected
+
+
+def _screen_answer(result, drop_truncated: bool) -> str | None:
+    """The paper's response rules: a short refusal, or nothing but punctuation and stop words."""
+    if not result.ok:
+        return LLM_ERROR
+    if is_only_punct_or_stopwords(result.text):
+        return f"answer_{EMPTY}"
+    if is_refusal(result.text):
+        return f"answer_{REFUSAL}"
+    if drop_truncated and result.finish_reason == "length":
+        return f"answer_{TRUNCATED}"
+    return None
+
+
+def _rejected_row(t: Transition, stage: str = "rewrite", reason: str | None = None, text: str | None = None) -> dict:
+    return {
+        "id": f"{t.state.seed_id}/{t.state.step + 1}", "seed_id": t.state.seed_id, "step": t.state.step + 1,
+        "stage": stage, "reason": reason or t.eliminated, "action": t.action, "parent_instruction": t.state.instruction,
+        "text": t.raw if text is None else text,
+        "scores": t.review.scores if t.review else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``teams-rl synthesize --config recipes/<model>/synthesize/config_random.yaml [--key value ...]``."""
+    (seed_args, args, expert_args, reviewer_args, review_args), recipe = parse_args(ARGUMENTS, argv, "teams-rl synthesize")
+    with located(recipe):
+        return synthesize(seed_args, args, expert_args, reviewer_args, review_args, recipe)
+
+
+def cli(argv: list[str]) -> None:
+    """``teams-rl synthesize`` / ``python -m teams_rl.synthesize``: run, then print the summary tables."""
+    from rich.console import Console
+
+    from teams_rl.synthesize.tables import summary_tables
+
+    summary = main(argv)
+    console = Console()
+    for table in summary_tables(summary):
+        console.print(table)
+    console.print(f"dataset written to [bold]{summary['dataset']}[/bold]")
