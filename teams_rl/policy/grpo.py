@@ -118,24 +118,14 @@ def _check(config: GRPOPolicyConfig, setup) -> None:
 
 
 def _load_model(model_config: ModelConfig, trust_remote_code: bool):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from teams_rl.llm.loader import load_causal_lm, load_tokenizer
 
-    from teams_rl.core.refs import resolve_model
-
-    path = resolve_model(model_config.model_name_or_path, field="model_name_or_path")
-    dtype = model_config.dtype
-    model = AutoModelForCausalLM.from_pretrained(
-        path, revision=model_config.model_revision, trust_remote_code=trust_remote_code,
-        attn_implementation=model_config.attn_implementation,
-        dtype=dtype if dtype in ("auto", None) else getattr(torch, dtype),
-        quantization_config=get_quantization_config(model_config))
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=model_config.model_revision,
-                                              trust_remote_code=trust_remote_code)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    common = {"revision": model_config.model_revision, "trust_remote_code": trust_remote_code,
+              "field": "model_name_or_path"}
+    model = load_causal_lm(model_config.model_name_or_path, dtype=model_config.dtype,
+                           attn_implementation=model_config.attn_implementation,
+                           quantization_config=get_quantization_config(model_config), **common)
+    return model, load_tokenizer(model_config.model_name_or_path, padding_side="left", **common)
 
 
 def train(setup, config: GRPOPolicyConfig, model_config: ModelConfig) -> Path:

@@ -161,19 +161,15 @@ class InstructorPolicy:
 
 
 def _load_model(folder: Path, meta: dict, device: str | None):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from teams_rl.llm.loader import default_device, load_causal_lm, load_tokenizer
 
-    from teams_rl.core.refs import resolve_model
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.padding_side = "left"
+    device = device or default_device()
+    tokenizer = load_tokenizer(str(folder), padding_side="left", pad_from_eos=False, field="policy")
     if (folder / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(resolve_model(meta["base_model"]), dtype=torch.float32)
+        base = load_causal_lm(meta["base_model"], dtype="float32", field="policy")
         model = PeftModel.from_pretrained(base, folder).merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = load_causal_lm(str(folder), dtype="float32", field="policy")
     return model.to(device).eval(), tokenizer

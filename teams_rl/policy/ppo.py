@@ -105,21 +105,20 @@ def _distinct_pad(tokenizer) -> bool:
 
 def _load_models(config: PPOPolicyConfig, model_config: ModelConfig):
     """The tokenizer (left padding, a pad distinct from eos), the policy and the value model (LoRA'd if asked)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
-    from teams_rl.core.refs import resolve_model
+    from teams_rl.llm.loader import load_causal_lm, load_tokenizer
 
     if model_config.load_in_4bit or model_config.load_in_8bit:
         raise TeamsRLError("quantized loading is not supported by the PPO instructor", field="load_in_4bit")
-    path = resolve_model(model_config.model_name_or_path, field="model_name_or_path")
-    dtype = model_config.dtype if model_config.dtype in ("auto", None) else getattr(torch, model_config.dtype)
-    common = {"revision": model_config.model_revision}
-    tokenizer = AutoTokenizer.from_pretrained(path, **common)
-    tokenizer.padding_side = "left"
+    ref = model_config.model_name_or_path
+    common = {"revision": model_config.model_revision, "field": "model_name_or_path"}
+    tokenizer = load_tokenizer(ref, padding_side="left", pad_from_eos=False, **common)
     added = _distinct_pad(tokenizer)
-    policy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **common,
-                                                  attn_implementation=model_config.attn_implementation)
-    value = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **common)
+    policy = load_causal_lm(ref, dtype=model_config.dtype, attn_implementation=model_config.attn_implementation,
+                            **common)
+    value = load_causal_lm(ref, dtype=model_config.dtype, model_class=AutoModelForSequenceClassification,
+                           num_labels=1, **common)
     for model in (policy, value):
         if added:
             model.resize_token_embeddings(len(tokenizer))
