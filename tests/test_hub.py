@@ -81,7 +81,7 @@ def pipeline_run(tmp_path, tiny_model_dir) -> Path:
 
     from teams_rl.evaluate import dataset_metrics as eval_dataset
     from teams_rl.evaluate import lmeval as lmeval
-    from teams_rl.sft.card import model_card
+    from teams_rl.sft.card import model_facts, write_card
 
     run = tmp_path / "runs" / "demo"
     rows = _synthesis_run(run, policy=str(run / "policy"))
@@ -124,11 +124,11 @@ def pipeline_run(tmp_path, tiny_model_dir) -> Path:
     adapter = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
     adapter.save_pretrained(sft / "adapter")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(sft / "adapter")
-    card = model_card(base_model=EXPERT, base_revision="revision main", kind="adapter", recipe="config.yaml",
-                      recipe_sha256=None, command="teams-rl sft --config config.yaml",
-                      sources=[{"path": str(run / "dataset"), "kind": "local", "rows": len(rows)}],
-                      settings={"output_dir": str(sft), "method": "LoRA", "lora_r": 2}, results={"train_loss": 2.5})
-    (sft / "adapter" / "README.md").write_text(card, encoding="utf-8")
+    facts = model_facts(base_model=EXPERT, base_revision="revision main", kind="adapter", recipe="config.yaml",
+                        recipe_sha256=None, command="teams-rl sft --config config.yaml",
+                        sources=[{"path": str(run / "dataset"), "kind": "local", "rows": len(rows)}],
+                        settings={"output_dir": str(sft), "method": "LoRA", "lora_r": 2}, results={"train_loss": 2.5})
+    write_card(sft / "adapter", facts)
     (sft / "config").mkdir()
     (sft / "config" / "sft.yaml").write_text(yaml.safe_dump({"dataset_name": str(run / "dataset"),
                                                              "hub_token": None}), encoding="utf-8")

@@ -21,11 +21,13 @@ def markdown_table(table) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in zip(*columns, strict=True)])
 
 
-def render(template: str | Path, **context) -> str:
-    """Render the jinja2 template file ``template``; an undefined name is an error, and blank runs collapse."""
+def render(template: str | Path, *, filters: dict | None = None, **context) -> str:
+    """Render the jinja2 template file ``template`` (with extra ``filters``); an undefined name is an error, and
+    runs of blank lines collapse to one."""
     import jinja2
 
     template = Path(template)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(template.parent), trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters.update(filters or {})
     return re.sub(r"\n{3,}", "\n\n", env.get_template(template.name).render(**context))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from teams_rl.evaluate import lmeval as lmeval
+from teams_rl.evaluate import lmeval
 
 SIGNALS = {"neg_loss": "loss", "min_k": "Min-K% Prob", "neg_loss_vs_base": "loss - base loss"}
 
@@ -25,8 +25,31 @@ def privacy_markdown(results: dict) -> str:
     return "\n".join(lines + [f"| {' | '.join(row)} |" for row in privacy_rows(results)])
 
 
+def sections(results: dict) -> list[dict]:
+    """The report's sections as ``{"key", "title", "body"}`` (benchmarks, privacy, dataset), each present only when
+    the results hold it: results.md, the model card and the pipeline report all take them from here."""
+    out = []
+    if results.get("table"):
+        versions = ", ".join(f"{t} v{v['version']} ({v['source']})" for t, v in results["tasks"].items())
+        out.append({"key": "benchmarks", "title": "Benchmarks (lm-eval)",
+                    "body": f"{lmeval.markdown_table(results['table'])}\nTask versions: {versions}."})
+    if results.get("privacy"):
+        p = results["privacy"]
+        out.append({"key": "privacy", "title": "Membership inference (privacy)",
+                    "body": f"Rows: {p['members']} members vs {p['non_members']} non-members ({p['source']}). "
+                            f"{p['note']}.\n\n{privacy_markdown(results)}"})
+    if results.get("metrics"):
+        m = results["metrics"]
+        near = m["near_duplicate_rate"]
+        out.append({"key": "dataset", "title": "Dataset",
+                    "body": f"{m['rows']} rows; " + ", ".join(f"{k} {v:.3f}" for k, v in m["diversity"].items())
+                            + (f"; near-duplicate rate {near:.1%}" if near is not None else "")
+                            + f". Details: `{Path(m['file']).name}`."})
+    return out
+
+
 def markdown_report(results: dict) -> str:
-    """results.md: models and versions, the benchmark table, the privacy table, a dataset summary."""
+    """results.md: models and versions, then every section."""
     models = results["models"]
     lines = [f"# Evaluation: {results['config']['output_dir']}", "",
              f"- base: `{models['base']['ref']}`" + (f" ({models['base']['upstream']})" if models['base'].get(
@@ -36,19 +59,8 @@ def markdown_report(results: dict) -> str:
     chat = ", ".join(f"{k}: {'yes' if v.get('chat_template') else 'no'}" for k, v in models.items())
     lines += [f"- lm-eval {results['lm_eval_version']}, teams-rl {results['teams_rl_version']}, device "
               f"{results['device']}, chat template ({chat})", ""]
-    if results.get("table"):
-        versions = ", ".join(f"{t} v{v['version']} ({v['source']})" for t, v in results["tasks"].items())
-        lines += ["## Benchmarks (lm-eval)", "", lmeval.markdown_table(results["table"]), f"Task versions: {versions}.",
-                  ""]
-    if results.get("privacy"):
-        p = results["privacy"]
-        lines += ["## Membership inference (privacy)", "", f"Rows: {p['members']} members vs {p['non_members']} "
-                  f"non-members ({p['source']}). {p['note']}.", "", privacy_markdown(results), ""]
-    if results.get("metrics"):
-        m = results["metrics"]
-        lines += ["## Dataset", "", f"{m['rows']} rows; " + ", ".join(f"{k} {v:.3f}" for k, v in m["diversity"].items())
-                  + (f"; near-duplicate rate {m['near_duplicate_rate']:.1%}" if m["near_duplicate_rate"] is not None
-                     else "") + f". Details: `{Path(m['file']).name}`.", ""]
+    for section in sections(results):
+        lines += [f"## {section['title']}", "", section["body"], ""]
     return "\n".join(lines)
 
 

@@ -12,16 +12,15 @@ from pathlib import Path
 import yaml
 
 from teams_rl.core.errors import TeamsRLError
-from teams_rl.core.layout import stage_of_recipe
+from teams_rl.core.layout import PLOTS_DIR, RESULTS_FILE, recipe_path, stage_of_recipe
 from teams_rl.core.markdown import markdown_table, render
 from teams_rl.core.refs import is_embedded, upstream_id
 from teams_rl.llm.tables import ledger_markdown
 
 TEMPLATES = Path(__file__).parent / "templates"
 DATASET_TAGS = ["teams-rl", "synthetic", "instruction-tuning"]
-MODEL_TAGS = ["teams-rl", "trl", "sft"]
 MODEL_PLOTS = ("benchmarks", "privacy")  # eval/plots/*.png of the model card; the rest belong to the dataset's
-EVAL_SECTIONS = ("Benchmarks", "Membership inference")
+MODEL_SECTIONS = ("benchmarks", "privacy")  # of the evaluation report; the dataset section is the dataset card's
 
 
 # --- Files -----------------------------------------------------------------------------------------------------------
@@ -232,43 +231,33 @@ def dataset_metadata(card_data, *, n_rows: int, title: str, seeds_ours: bool) ->
 
 
 # --- Model card ------------------------------------------------------------------------------------------------------
-def evaluation(folders: Iterable[Path]) -> tuple[str, list[Path], Path | None]:
-    """The benchmark and privacy sections of the first ``eval/results.md`` (or results.json) found, one heading level
-    down, with the eval plots that belong to the model and the resolved eval recipe."""
-    from teams_rl.evaluate.report import markdown_report
+def evaluation(folders: Iterable[Path]) -> tuple[list[dict], list[Path], Path | None]:
+    """The benchmark and privacy sections of the first ``eval/results.json`` found, with the eval plots that belong
+    to the model and the resolved eval recipe."""
+    from teams_rl.evaluate.report import sections
 
     for folder in folders:
-        if (folder / "results.md").is_file():
-            text = (folder / "results.md").read_text(encoding="utf-8")
-        elif (folder / "results.json").is_file():
-            text = markdown_report(json.loads((folder / "results.json").read_text(encoding="utf-8")))
-        else:
+        if not (folder / RESULTS_FILE).is_file():
             continue
-        sections = ["### " + p.strip() for p in re.split(r"(?m)^## ", text)[1:] if p.startswith(EVAL_SECTIONS)]
-        plots = [p for p in sorted((folder / "plots").glob("*.png")) if p.name.startswith(MODEL_PLOTS)]
-        recipe = folder / "config" / "evaluate.yaml"
-        return "\n\n".join(sections), plots, recipe if recipe.is_file() else None
-    return "", [], None
+        results = json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))
+        found = [s for s in sections(results) if s["key"] in MODEL_SECTIONS]
+        plots = [p for p in sorted((folder / PLOTS_DIR).glob("*.png")) if p.name.startswith(MODEL_PLOTS)]
+        recipe = recipe_path(folder, "evaluate")
+        return found, plots, recipe if recipe.is_file() else None
+    return [], [], None
 
 
-def model_card(sft_card: str, *, repo_id: str, revision: str | None, library: str, dataset: dict | None,
-               evaluation: str, plots: Sequence[str], recipes: Sequence[str]) -> str:
-    """The SFT card with the Hub ids filled in, and the data link, evaluation, plots and recipes added."""
-    from huggingface_hub import ModelCard
+def model_card(facts: dict, *, repo_id: str, revision: str | None, library: str, dataset: dict | None,
+               evaluation: list[dict], plots: Sequence[str], recipes: Sequence[str]) -> str:
+    """The SFT run's model card, rendered from its facts with the Hub's part: the repo, the data link, evaluation,
+    plots and recipes."""
+    from teams_rl.sft.card import render_model_card
 
-    card = ModelCard(sft_card)
-    card.data.library_name = library
-    card.data.tags = list(dict.fromkeys([*(card.data.get("tags") or []), *MODEL_TAGS]))
     link = None
     if dataset:
-        card.data.datasets = list(dict.fromkeys([*(card.data.get("datasets") or []), dataset["repo_id"]]))
         link = (f"[`{dataset['repo_id']}`]({dataset['url']})"
                 + (f" at revision `{dataset['revision']}`" if dataset.get("revision") else "")
                 + (f" (commit `{dataset['commit'][:12]}`)" if dataset.get("commit") else ""))
-    body = card.text.replace('"PATH/TO/adapter"', f'"{repo_id}"' + (f', revision="{revision}"' if revision else ""))
-    body = re.sub(r"(?m)^# .*$", f"# {repo_id.split('/')[-1]}", body, count=1)  # the SFT card names the run folder
-    extra = render(TEMPLATES / "model_card.md", dataset=dataset, dataset_link=link, evaluation=evaluation, plots=_plots(plots),
-                   recipes=reproduce(recipes)).strip()
-    head, sep, tail = body.partition("## Framework versions")
-    card.text = f"{head.rstrip()}\n\n{extra}\n\n{sep}{tail}" if sep else f"{body.rstrip()}\n\n{extra}\n"
-    return str(card)
+    hub = {"repo_id": repo_id, "revision": revision, "dataset": dataset, "dataset_link": link,
+           "evaluation": evaluation, "plots": _plots(plots), "recipes": reproduce(recipes)}
+    return render_model_card(facts, hub=hub, library=library)

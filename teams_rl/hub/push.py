@@ -249,12 +249,11 @@ def push_model(run_dir: str | Path, repo_id: str, *, revision: str | None = None
     table, the recipes and plots; one commit. Writes ``hub.json`` in the run folder and returns its entry."""
     from huggingface_hub import HfApi
 
+    from teams_rl.sft.card import read_facts
     from teams_rl.sft.weights import verify_weights
 
     run = find_model(run_dir, merged)
-    if not (run.folder / "README.md").is_file():
-        raise TeamsRLError("no model card (README.md): this SFT output is incomplete, re-run `teams-rl sft`",
-                           file=str(run.folder))
+    facts = read_facts(run.folder)
     if dataset_revision and not dataset_repo_id:
         raise TeamsRLError("--dataset-revision needs --dataset-repo-id")
     verify_weights(run.folder)
@@ -276,7 +275,7 @@ def push_model(run_dir: str | Path, repo_id: str, *, revision: str | None = None
     recipes = cards.attach(files, "recipes", [sft / "config" / "sft.yaml", run.root / "config" / "sft.yaml",
                                               eval_recipe])
     plots = cards.attach(files, "plots", [sft / "plots" / "loss.png", *eval_plots])
-    card = cards.model_card((run.folder / "README.md").read_text(encoding="utf-8"), repo_id=repo_id,
+    card = cards.model_card(facts, repo_id=repo_id,
                             revision=revision, dataset=dataset, evaluation=evaluation, plots=plots, recipes=recipes,
                             library="peft" if (run.folder / "adapter_config.json").is_file() else "transformers")
     _refuse_secrets(files.values(), [card])

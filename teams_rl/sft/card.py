@@ -1,9 +1,11 @@
-"""The SFT model card: what a model was trained from, on what, how, and with which versions."""
+"""The SFT model card: the facts of a run (what a model was trained from, on what, how, with which versions) kept
+as ``card.json`` beside the weights, and the card rendered from them with ``templates/model_card.md``. The Hub stage
+renders the same template from the same facts, adding what only it knows (repo, dataset link, evaluation)."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import json
 import os
 import shlex
 from collections.abc import Sequence
@@ -11,56 +13,31 @@ from pathlib import Path
 
 import yaml
 
+from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.files import atomic_write_text, sha256
+from teams_rl.core.markdown import render
 from teams_rl.core.refs import EMBEDDED, is_embedded, upstream_id
 from teams_rl.core.versions import framework_versions
 
+CARD_FACTS = "card.json"
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+TAGS = ["teams-rl", "trl", "sft"]
 
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-
-def model_card(*, base_model: str, base_revision: str, kind: str, sources: Sequence[dict], recipe: str | None,
-               recipe_sha256: str | None, settings: dict, results: dict, command: str) -> str:
-    """The README.md of a trained model: what it was trained from, on what, how, and with which versions."""
-    hub_datasets = [s["path"] for s in sources if s.get("kind") == "hub"]
-    front = ["---", f"base_model: {base_model}", "library_name: " + ("peft" if kind == "adapter" else "transformers"),
-             "pipeline_tag: text-generation", "tags: [teams-rl, trl, sft" + (", lora" if kind == "adapter" else "")
-             + "]"]
-    if hub_datasets:
-        front.append("datasets: [" + ", ".join(hub_datasets) + "]")
-    front.append("---")
-    lines = [*front, "", f"# {Path(settings['output_dir']).name}", "",
-             f"A {'LoRA adapter for' if kind == 'adapter' else 'fine-tune of'} `{base_model}` ({base_revision}), "
-             "trained with teams-rl's SFT stage (TRL `SFTTrainer`) on an instruction "
-             "dataset built with TeaMs-RL ([arXiv 2403.08694](https://arxiv.org/abs/2403.08694)).", "",
-             "## Data", "", "| source | kind | rows | used | revision / hash |", "|---|---|---|---|---|"]
+def model_facts(*, base_model: str, base_revision: str, kind: str, sources: Sequence[dict], recipe: str | None,
+                recipe_sha256: str | None, settings: dict, results: dict, command: str) -> dict:
+    """The facts of a trained model, as JSON-ready data: each data source gets one ``ident`` (revision or hash)."""
+    shown = []
     for s in sources:
         ident = s.get("revision") or s.get("sha256") or s.get("fingerprint") or "unknown"
-        prefix = "sha256:" if s.get("sha256") else ""
-        lines.append(f"| `{s['path']}` | {s['kind']} | {s['rows']} | {s.get('rows_used', s['rows'])} | "
-                     f"`{prefix}{ident}` |")
-    lines += ["", "Each row's instruction (plus its input) is the user turn and its answer the assistant turn; the "
-              "loss covers the assistant turn only.", "", "## Training", "",
-              f"- recipe: `{recipe or '(command-line flags only)'}`"
-              + (f" (sha256 `{recipe_sha256[:16]}`)" if recipe_sha256 else ""),
-              f"- command: `{command}`"]
-    lines += [f"- {key}: {_fmt(value)}" for key, value in settings.items() if key != "output_dir"]
-    if results:
-        lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {key} | {_fmt(value)} |" for key, value in results.items()]
-    lines += ["", "## Framework versions", ""]
-    lines += [f"- {name} {version}" for name, version in framework_versions().items()]
-    if kind == "adapter":
-        lines += ["", "## Use", "", "```python", "from peft import AutoPeftModelForCausalLM",
-                  "from transformers import AutoTokenizer", "",
-                  'model = AutoPeftModelForCausalLM.from_pretrained("PATH/TO/adapter")',
-                  'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/adapter")  # carries the chat template used',
-                  "```"]
-    return "\n".join(lines) + "\n"
+        shown.append({**s, "ident": f"sha256:{ident}" if s.get("sha256") else ident})
+    return {"title": Path(settings["output_dir"]).name, "base_model": base_model, "base_revision": base_revision,
+            "kind": kind, "sources": shown, "recipe": recipe, "recipe_sha256": recipe_sha256, "settings": settings,
+            "results": results, "command": command, "versions": framework_versions()}
 
 
-def sft_card(model_args, training_args, sources, recipe, argv, template, metrics) -> str:
-    """The model card of an SFT run, from its parsed arguments, data provenance and final metrics."""
+def sft_facts(model_args, training_args, sources, recipe, argv, template, metrics) -> dict:
+    """The facts of an SFT run, from its parsed arguments, data provenance and final metrics."""
     world = training_args.world_size
     if not model_args.use_peft:
         method = "full fine-tune"
@@ -80,11 +57,53 @@ def sft_card(model_args, training_args, sources, recipe, argv, template, metrics
         processes=world, max_length=training_args.max_length, packing=training_args.packing,
         chat_template=template, loss="assistant turn only (completion_only_loss)", dtype=model_args.dtype,
         seed=training_args.seed)
-    digest = hashlib.sha256(Path(recipe).read_bytes()).hexdigest() if recipe and Path(recipe).is_file() else None
-    return model_card(base_model=upstream_id(model_args.model_name_or_path), base_revision=_base_revision(model_args),
-                      kind="adapter" if model_args.use_peft else "model", sources=sources, recipe=recipe,
-                      recipe_sha256=digest, settings=settings, command=command_line(argv),
-                      results={k: v for k, v in metrics.items() if v is not None})
+    digest = sha256(recipe) if recipe and Path(recipe).is_file() else None
+    return model_facts(base_model=upstream_id(model_args.model_name_or_path), base_revision=_base_revision(model_args),
+                       kind="adapter" if model_args.use_peft else "model", sources=sources, recipe=recipe,
+                       recipe_sha256=digest, settings=settings, command=command_line(argv),
+                       results={k: v for k, v in metrics.items() if v is not None})
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def render_model_card(facts: dict, *, hub: dict | None = None, library: str | None = None) -> str:
+    """The model card (README.md) from ``facts``. ``hub`` (repo_id, revision, dataset, dataset_link, evaluation,
+    plots, recipes) adds the Hub sections; ``library`` overrides the library (a merged adapter is a plain model)."""
+    from huggingface_hub import ModelCardData
+
+    kind = facts["kind"]
+    datasets = [s["path"] for s in facts["sources"] if s.get("kind") == "hub"]
+    if hub and hub.get("dataset"):
+        datasets.append(hub["dataset"]["repo_id"])
+    metadata = ModelCardData(base_model=facts["base_model"], pipeline_tag="text-generation",
+                             library_name=library or ("peft" if kind == "adapter" else "transformers"),
+                             tags=TAGS + (["lora"] if kind == "adapter" else []),
+                             datasets=list(dict.fromkeys(datasets)) or None)
+    load_args = '"PATH/TO/adapter"'
+    if hub:
+        load_args = f'"{hub["repo_id"]}"' + (f', revision="{hub["revision"]}"' if hub.get("revision") else "")
+    return render(TEMPLATE, filters={"fmt": _fmt}, metadata=metadata.to_yaml(), facts=facts, hub=hub,
+                  title=hub["repo_id"].split("/")[-1] if hub else facts["title"], load_args=load_args)
+
+
+def read_facts(folder: str | Path) -> dict:
+    """The ``card.json`` of a model folder written by ``teams-rl sft``."""
+    path = Path(folder) / CARD_FACTS
+    if not path.is_file():
+        raise TeamsRLError(f"no {CARD_FACTS} (the facts of its model card): this SFT output is incomplete or older "
+                           "than this teams-rl, re-run `teams-rl sft`", file=str(folder))
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_card(folder: str | Path, facts: dict, *, library: str | None = None) -> str:
+    """Write ``card.json`` and the README.md rendered from it into ``folder``; returns the card."""
+    folder = Path(folder)
+    card = render_model_card(facts, library=library)
+    atomic_write_text(folder / CARD_FACTS, json.dumps(facts, indent=2, ensure_ascii=False, default=str) + "\n")
+    atomic_write_text(folder / "README.md", card)
+    return card
 
 
 def _base_revision(model_args) -> str:

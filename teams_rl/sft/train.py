@@ -23,7 +23,7 @@ from teams_rl.core.plotting import pyplot, save
 from teams_rl.core.recipes import located
 from teams_rl.core.refs import resolve_model
 from teams_rl.sft.args import check_setup, parse
-from teams_rl.sft.card import resolved_yaml, sft_card
+from teams_rl.sft.card import resolved_yaml, sft_facts, write_card
 from teams_rl.sft.data import Columns, load_mixture
 from teams_rl.sft.model import base_model, chat_tokenizer
 from teams_rl.sft.weights import verify_weights
@@ -95,12 +95,12 @@ def run(script_args, training_args, model_args, mixture, *, recipe: str | None =
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
     base.generation_config.save_pretrained(staging)
-    card = sft_card(model_args, training_args, sources, recipe, argv, template, metrics)
-    atomic_write_text(staging / "README.md", card)
+    facts = sft_facts(model_args, training_args, sources, recipe, argv, template, metrics)
+    write_card(staging, facts)
     swap_in(staging, final)
-    atomic_write_text(out / "README.md", card)
+    write_card(out, facts)
     if script_args.save_merged and model_args.use_peft:
-        _merge(final, path, model_args, training_args, tokenizer, out / "merged", card)
+        _merge(final, path, model_args, training_args, tokenizer, out / "merged", facts)
     plot_loss(trainer.state.log_history, out / "plots" / "loss.png", title=out.name)
     atomic_write_text(out / "config" / "sft.yaml", resolved_yaml(script_args, training_args, model_args, mixture))
     logger.info("SFT done: %s (%s)", final, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
@@ -108,7 +108,7 @@ def run(script_args, training_args, model_args, mixture, *, recipe: str | None =
     return final
 
 
-def _merge(adapter: Path, base_path: str, model_args, training_args, tokenizer, target: Path, card: str) -> None:
+def _merge(adapter: Path, base_path: str, model_args, training_args, tokenizer, target: Path, facts: dict) -> None:
     """Reload the base unquantized, apply the adapter, merge it into the weights and save a standalone model."""
     from peft import PeftModel
     from transformers import GenerationConfig
@@ -119,7 +119,7 @@ def _merge(adapter: Path, base_path: str, model_args, training_args, tokenizer, 
     with atomic_folder(target) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "README.md").write_text(card.replace("library_name: peft", "library_name: transformers"), "utf-8")
+        write_card(tmp, facts, library="transformers")  # the adapter merged in: a plain transformers model
     verify_weights(target)
 
 
