@@ -41,3 +41,27 @@ def test_synthesis_recipe_accepts_null_for_optional_keys(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("shard: null\nactions: null\nmax_seeds: null\n", encoding="utf-8")
     assert validate_recipe(recipe, [SeedArguments, SynthesisArguments, ReviewerArguments, ReviewArguments])
+
+
+@pytest.mark.parametrize("stage,module", [("synthesize", "teams_rl.synthesize.run"), ("sft", "teams_rl.sft.args")])
+def test_inherited_keys_that_do_nothing_are_hidden_and_refused(tmp_path, stage, module, capsys):
+    """TRL's ScriptArguments brings keys teams-rl never reads: --help must not list them, and setting one fails."""
+    import importlib
+
+    from teams_rl.core.recipes import parse_args
+
+    classes = importlib.import_module(module)
+    classes = classes.ARGUMENTS if stage == "synthesize" else classes.CONFIG_CLASSES
+    with pytest.raises(SystemExit):
+        parse_args(classes, ["--help"], f"teams-rl {stage}")
+    shown = capsys.readouterr().out
+    assert "--dataset_name" in shown
+    for key in ("ignore_bias_buffers", "dataset_test_split", "dataset_streaming"):
+        assert f"--{key}" not in shown
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("dataset_name: x.jsonl\nignore_bias_buffers: true\n", encoding="utf-8")
+    with pytest.raises(TeamsRLError) as err:
+        validate_recipe(recipe, classes)
+    assert err.value.line == 2 and err.value.field == "ignore_bias_buffers" and "does nothing" in str(err.value)
+    with pytest.raises(TeamsRLError, match="--dataset_streaming does nothing"):
+        parse_args(classes, ["--dataset_streaming", "true"], f"teams-rl {stage}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import re
@@ -31,6 +32,16 @@ ROLE_FIELDS: list[tuple[str, type, object, str]] = [
     ("max_calls", int | None, None, "Hard budget: most calls this role may make in the run folder."),
     ("max_tokens", int | None, None, "Hard budget: most tokens (prompt + completion) this role may spend."),
 ]
+
+
+def inert(default=None):
+    """A key inherited from a TRL dataclass that does nothing in teams-rl: hidden from ``--help`` and refused when a
+    recipe or a command-line flag sets it, so no one is led to believe it acts."""
+    return field(default=default, metadata={"help": argparse.SUPPRESS})
+
+
+def inert_keys(dataclass_types: Sequence[type]) -> set[str]:
+    return {f.name for dc in dataclass_types for f in fields(dc) if f.metadata.get("help") is argparse.SUPPRESS}
 
 
 def role_arguments(role: str, **defaults) -> type:
@@ -96,7 +107,7 @@ def validate_recipe(path: str | Path, dataclass_types: Sequence[type]) -> dict:
         raise TeamsRLError("recipe file not found", file=str(path))
     lines = _key_lines(path)
     config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    known = {}
+    known, inert_names = {}, inert_keys(dataclass_types)
     for dc in dataclass_types:
         try:
             hints = typing.get_type_hints(dc)
@@ -111,6 +122,8 @@ def validate_recipe(path: str | Path, dataclass_types: Sequence[type]) -> dict:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise TeamsRLError(f"unknown key{hint}", file=str(path), line=lines.get(key), field=str(key))
+        if key in inert_names:
+            raise TeamsRLError("does nothing in teams-rl: remove it", file=str(path), line=lines.get(key), field=key)
         if not _check_type(value, known[key]):
             raise TeamsRLError(f"expected {_type_name(known[key])}, got {value!r}", file=str(path),
                                line=lines.get(key), field=key)
@@ -138,6 +151,10 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
             raise TeamsRLError("--config needs a path to a recipe YAML")
         recipe = argv[index + 1]
         validate_recipe(recipe, dataclass_types)
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag.startswith("--") and flag[2:].replace("-", "_") in inert_keys(dataclass_types):
+            raise TeamsRLError(f"{flag} does nothing in teams-rl (see --help)")
     parser = TrlParser(list(dataclass_types), prog=prog, description=description)
     try:
         parsed = parser.parse_args_and_config(argv)
@@ -152,7 +169,7 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
 
 def recipe_line(recipe: str | None, key: str | None) -> int | None:
     """The line of ``key`` in ``recipe`` (None when the value came from the CLI or a default)."""
-    if not recipe or not key:
+    if not recipe or not key or not Path(recipe).is_file():
         return None
     try:
         return _key_lines(Path(recipe)).get(key)

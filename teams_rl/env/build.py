@@ -11,7 +11,7 @@ from trl import ScriptArguments
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.layout import ledger_path
-from teams_rl.core.recipes import role_arguments, role_settings
+from teams_rl.core.recipes import inert, role_arguments, role_settings
 from teams_rl.env.actions import Action, load_actions
 from teams_rl.env.environment import EvolutionEnv
 from teams_rl.env.reviewer import Reviewer, parse_modes
@@ -25,8 +25,16 @@ ReviewerArguments = role_arguments("reviewer", temperature=0.0, top_p=1.0, max_n
 
 @dataclass
 class SeedArguments(ScriptArguments):
-    """Where the seed instructions come from (``dataset_name``: a file, a saved dataset folder or a Hub id)."""
+    """Where the seed instructions come from (``dataset_name``: a file, a saved dataset folder or a Hub id; a
+    ``datasets`` source is read from ``dataset_train_split``)."""
 
+    dataset_name: str | None = field(default=None, metadata={
+        "help": "Seed source: builtin (the shipped seeds), a .jsonl/.json/.csv/.parquet file, a saved datasets "
+                "folder or a Hub dataset id."})
+    dataset_config: str | None = inert()
+    dataset_test_split: str = inert("test")
+    dataset_streaming: bool = inert(False)
+    ignore_bias_buffers: bool = inert(False)
     instruction_column: str = field(default="instruction", metadata={"help": "Column holding the instruction."})
     input_column: str | None = field(default="input", metadata={"help": "Optional column holding an input."})
     id_column: str | None = field(default="id", metadata={"help": "Optional id column (else a content hash)."})

@@ -10,14 +10,18 @@ from trl import ModelConfig, ScriptArguments, SFTConfig
 from trl.scripts.utils import DatasetConfig, DatasetMixtureConfig
 
 from teams_rl.core.errors import TeamsRLError
-from teams_rl.core.recipes import parse_args, recipe_line, validate_recipe
+from teams_rl.core.recipes import inert, parse_args, recipe_line, validate_recipe
 from teams_rl.sft.data import check_mixture_entries
 
 
 @dataclass
 class SFTScriptArguments(ScriptArguments):
-    """TRL's script arguments (``dataset_name`` ...) plus how rows become chats and what is written after training."""
+    """TRL's script arguments (``dataset_name``, ``dataset_config``, ``dataset_train_split``) plus how rows become
+    chats and what is written after training. The eval split is carved out by ``test_split_size``."""
 
+    dataset_test_split: str = inert("test")
+    dataset_streaming: bool = inert(False)
+    ignore_bias_buffers: bool = inert(False)
     instruction_column: str = field(default="instruction", metadata={"help": "Column with the instruction."})
     input_column: str = field(default="input", metadata={"help": "Optional column with the instruction's input."})
     response_column: str = field(default="response", metadata={"help": "Column with the answer to learn."})

@@ -190,7 +190,7 @@ def load_mixture(script_args, mixture, columns: Columns, seed: int, want_eval: b
                                "mixture", field="dataset_name")
         configs = [DatasetConfig(path=script_args.dataset_name, name=script_args.dataset_config,
                                  split=script_args.dataset_train_split)]
-    streaming = mixture.streaming or script_args.dataset_streaming
+    streaming = mixture.streaming
     keys = [f"datasets[{i}].path" for i in range(len(configs))] if mixture.datasets else ["dataset_name"]
     loaded = [load_source(c, columns, streaming, key) for c, key in zip(configs, keys, strict=True)]
     parts = [part for part, _ in loaded]
