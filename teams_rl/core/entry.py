@@ -20,9 +20,14 @@ _HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r".*`is_gradient_checkpointing` is deprecated", FutureWarning),
     (r".*`torch.jit.script_method` is deprecated", DeprecationWarning),
 )
+# Known harmless log lines, by logger and text: DeepSpeed says it once per process on every CPU machine.
+_HARMLESS_LOGS: dict[str, tuple[str, ...]] = {
+    "DeepSpeed": ("Setting accelerator to CPU",),
+    "lm_eval.evaluator": ("Overwriting default num_fewshot",),  # teams-rl sets each task's shots on purpose
+}
 # Loggers that narrate at INFO what the progress bars already show.
 _QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "sentence_transformers", "datasets", "urllib3", "accelerate",
-                  "DeepSpeed", "deepspeed", "bitsandbytes", "bitsandbytes.cextension")
+                  "DeepSpeed", "deepspeed", "bitsandbytes", "bitsandbytes.cextension", "lm_eval")
 
 
 def prepare_process() -> None:
@@ -36,6 +41,21 @@ def prepare_process() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for message, category in _HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    for name, texts in _HARMLESS_LOGS.items():
+        logger = logging.getLogger(name)  # the library's own logger, created early so the filter is there first
+        if not any(isinstance(f, _DropText) for f in logger.filters):
+            logger.addFilter(_DropText(texts))
+
+
+class _DropText(logging.Filter):
+    """Drops log records whose message contains one of ``texts``; everything else from that logger passes."""
+
+    def __init__(self, texts: Sequence[str]):
+        super().__init__()
+        self.texts = tuple(texts)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(t in record.getMessage() for t in self.texts)
 
 
 def setup_logging() -> None:

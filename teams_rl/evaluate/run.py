@@ -16,6 +16,7 @@ from pathlib import Path
 from teams_rl import __version__
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import atomic_write_text
+from teams_rl.core.layout import ROWS_FILE
 from teams_rl.core.recipes import located, parse_args, to_yaml
 from teams_rl.core.refs import resolve_model, upstream_id
 from teams_rl.evaluate import lmeval, privacy
@@ -163,6 +164,9 @@ def evaluate(args: EvalArguments) -> dict:
         manager = lmeval.task_manager(specs, tasks_dir)
         lmeval.check_tasks(manager, specs, tasks_dir)
     base_path = resolve_model(args.base_model, field="base_model")
+    if args.dataset and not (Path(args.dataset) / ROWS_FILE).is_file():
+        raise TeamsRLError(f"not a teams-rl dataset folder (no {ROWS_FILE}); run synthesize first, or set dataset: "
+                           "null", file=args.dataset, field="dataset")
     pairs, privacy_source, n_members = None, None, 0
     if args.privacy:
         members, others, privacy_source = _privacy_rows(args)
