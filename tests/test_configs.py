@@ -65,3 +65,16 @@ def test_inherited_keys_that_do_nothing_are_hidden_and_refused(tmp_path, stage, 
     assert err.value.line == 2 and err.value.field == "ignore_bias_buffers" and "does nothing" in str(err.value)
     with pytest.raises(TeamsRLError, match="--dataset_streaming does nothing"):
         parse_args(classes, ["--dataset_streaming", "true"], f"teams-rl {stage}")
+
+
+def test_a_saved_resolved_recipe_parses_back_as_a_recipe(tmp_path):
+    """config/<stage>.yaml in a run folder must be a valid recipe again (the privacy test re-reads sft.yaml)."""
+    from teams_rl.core.recipes import to_yaml
+    from teams_rl.env.build import ReviewArguments, ReviewerArguments, SeedArguments
+    from teams_rl.synthesize.run import ARGUMENTS, ExpertArguments, SynthesisArguments
+
+    saved = tmp_path / "synthesize.yaml"
+    saved.write_text(to_yaml(SeedArguments(), SynthesisArguments(), ExpertArguments(), ReviewerArguments(),
+                             ReviewArguments()), encoding="utf-8")
+    assert "ignore_bias_buffers" not in saved.read_text()
+    assert validate_recipe(saved, ARGUMENTS)["depth"] == SynthesisArguments().depth

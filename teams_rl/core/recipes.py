@@ -201,10 +201,14 @@ _URL_SECRET = re.compile(r"(://)[^/@\s]+@")
 
 
 def to_yaml(*instances) -> str:
-    """The resolved recipe as YAML, for the run folder. URL credentials are masked; keys never live here."""
+    """The resolved recipe as YAML, for the run folder: it parses back as a recipe (no inert keys). URL credentials
+    are masked; keys never live here."""
     merged: dict = {}
+    skip = inert_keys([type(inst) for inst in instances])
     for inst in instances:
         for key, value in dataclasses.asdict(inst).items():
+            if key in skip:
+                continue
             if isinstance(value, str):
                 value = _URL_SECRET.sub(r"\1***@", value)
             merged[key] = value

@@ -16,6 +16,7 @@ import yaml
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import atomic_write_text, sha256
 from teams_rl.core.markdown import render
+from teams_rl.core.recipes import inert_keys
 from teams_rl.core.refs import EMBEDDED, is_embedded, upstream_id
 from teams_rl.core.versions import framework_versions
 
@@ -136,4 +137,6 @@ def resolved_yaml(script_args, training_args, model_args, mixture) -> str:
     training = {**training_args.to_dict(), "eos_token": training_args.eos_token, "pad_token": training_args.pad_token}
     merged = {**dataclasses.asdict(script_args), **training, **dataclasses.asdict(model_args),
               **dataclasses.asdict(mixture)}
+    for key in inert_keys([type(script_args), type(model_args), type(mixture)]):  # so it parses back as a recipe
+        merged.pop(key, None)
     return yaml.safe_dump(merged, sort_keys=False, allow_unicode=True, default_flow_style=None)
