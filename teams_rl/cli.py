@@ -10,22 +10,42 @@ from teams_rl.core.entry import run_stage
 
 # command -> (the stage's command function as "module:function", one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train-policy": ("teams_rl.policy.train:cli",
-                     "Train the instructor policy (PPO, GRPO or the classic MLP) against the reviewer's reward."),
-    "synthesize": ("teams_rl.synthesize.run:cli",
-                   "Evolve seed instructions with a policy, answer them with the expert, write a dataset."),
-    "merge": ("teams_rl.synthesize.merge:cli", "Join synthesis shards (--shard i/N) into one dataset with no duplicates."),
-    "ledger": ("teams_rl.llm.tables:cli", "Print the LLM calls, tokens and latency per role recorded in a run folder."),
-    "sft": ("teams_rl.sft.train:cli",
-            "Fine-tune a Llama-family model on a dataset with TRL's SFTTrainer (LoRA, QLoRA or full)."),
-    "evaluate": ("teams_rl.evaluate.run:cli",
-                 "lm-eval on the base and tuned model, dataset metrics and the membership-inference (privacy) test."),
-    "metrics": ("teams_rl.evaluate.dataset_metrics:cli",
-                "Dataset metrics (size, lengths, actions, diversity, near-duplicates, queries per row) and plots."),
-    "push": ("teams_rl.hub.push:cli",
-             "Upload a run's dataset or model to the Hugging Face Hub with its card (private by default)."),
-    "run": ("teams_rl.pipeline.run:cli",
-            "The whole pipeline from one recipe: train-policy, synthesize, sft, evaluate, push; resumable; report."),
+    "train-policy": (
+        "teams_rl.policy.train:cli",
+        "Train the instructor policy (PPO, GRPO or the classic MLP) against the reviewer's reward.",
+    ),
+    "synthesize": (
+        "teams_rl.synthesize.run:cli",
+        "Evolve seed instructions with a policy, answer them with the expert, write a dataset.",
+    ),
+    "merge": (
+        "teams_rl.synthesize.merge:cli",
+        "Join synthesis shards (--shard i/N) into one dataset with no duplicates.",
+    ),
+    "ledger": (
+        "teams_rl.llm.tables:cli",
+        "Print the LLM calls, tokens and latency per role recorded in a run folder.",
+    ),
+    "sft": (
+        "teams_rl.sft.train:cli",
+        "Fine-tune a Llama-family model on a dataset with TRL's SFTTrainer (LoRA, QLoRA or full).",
+    ),
+    "evaluate": (
+        "teams_rl.evaluate.run:cli",
+        "lm-eval on the base and tuned model, dataset metrics and the membership-inference (privacy) test.",
+    ),
+    "metrics": (
+        "teams_rl.evaluate.dataset_metrics:cli",
+        "Dataset metrics (size, lengths, actions, diversity, near-duplicates, queries per row) and plots.",
+    ),
+    "push": (
+        "teams_rl.hub.push:cli",
+        "Upload a run's dataset or model to the Hugging Face Hub with its card (private by default).",
+    ),
+    "run": (
+        "teams_rl.pipeline.run:cli",
+        "The whole pipeline from one recipe: train-policy, synthesize, sft, evaluate, push; resumable; report.",
+    ),
 }
 
 

@@ -95,8 +95,11 @@ class FakeHub:
         return {path: data for path, (data, _) in repo.commits[repo.branches[revision]].items()}
 
     def writes(self) -> list[Request]:
-        return [r for r in self.requests if r.method in ("POST", "PUT") and "validate-yaml" not in r.path
-                and "/paths-info/" not in r.path]
+        return [
+            r
+            for r in self.requests
+            if r.method in ("POST", "PUT") and "validate-yaml" not in r.path and "/paths-info/" not in r.path
+        ]
 
     # --- Routes ---------------------------------------------------------------------------------------------------
     def handle(self, method: str, raw_path: str, headers: dict, body: bytes):
@@ -139,12 +142,25 @@ class FakeHub:
             sha = self._sha(repo, unquote(arg) if action else "main")
             if sha is None:
                 return _error(404, "RevisionNotFound", "Invalid rev id")
-            return _json({"id": repo_id, "sha": sha, "private": repo.private, "siblings": [
-                {"rfilename": p} for p in sorted(repo.commits[sha])]})
+            return _json(
+                {
+                    "id": repo_id,
+                    "sha": sha,
+                    "private": repo.private,
+                    "siblings": [{"rfilename": p} for p in sorted(repo.commits[sha])],
+                }
+            )
         if method == "GET" and action == "refs":
-            return _json({"branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": sha}
-                                       for b, sha in repo.branches.items()], "converts": [], "tags": [],
-                          "pullRequests": []})
+            return _json(
+                {
+                    "branches": [
+                        {"name": b, "ref": f"refs/heads/{b}", "targetCommit": sha} for b, sha in repo.branches.items()
+                    ],
+                    "converts": [],
+                    "tags": [],
+                    "pullRequests": [],
+                }
+            )
         if method == "POST" and action == "branch":
             branch = unquote(arg)
             if branch in repo.branches:
@@ -163,8 +179,15 @@ class FakeHub:
             wanted = parse_qs(body.decode()).get("paths", [])
             return _json([e for e in _entries(files, "", True) if e["path"] in wanted])
         if method == "POST" and action == "preupload":
-            return _json({"files": [{"path": f["path"], "uploadMode": _mode(f), "shouldIgnore": False}
-                                    for f in json.loads(body)["files"]], "commitOid": sha})
+            return _json(
+                {
+                    "files": [
+                        {"path": f["path"], "uploadMode": _mode(f), "shouldIgnore": False}
+                        for f in json.loads(body)["files"]
+                    ],
+                    "commitOid": sha,
+                }
+            )
         if method == "POST" and action == "commit":
             return self._commit(kind, repo_id, repo, unquote(rev), body)
         return _json({"error": f"fake hub: no route for {method} {action}"}, 501)
@@ -210,8 +233,9 @@ class FakeHub:
             elif key == "deletedFolder":
                 files = {p: f for p, f in files.items() if not p.startswith(value["path"].rstrip("/") + "/")}
         sha = repo.commit(branch, files, header["summary"])
-        return _json({"commitUrl": f"{self.endpoint}/{PREFIX[kind]}{repo_id}/commit/{sha}", "commitOid": sha,
-                      "success": True})
+        return _json(
+            {"commitUrl": f"{self.endpoint}/{PREFIX[kind]}{repo_id}/commit/{sha}", "commitOid": sha, "success": True}
+        )
 
     def _resolve(self, kind: str, repo_id: str, rev: str, path: str, headers: dict):
         repo = self.repos.get((kind, repo_id))
@@ -252,12 +276,13 @@ def _entries(files: dict, folder: str, recursive: bool) -> list[dict]:
     for path, (data, lfs) in sorted(files.items()):
         if not path.startswith(prefix):
             continue
-        parts = path[len(prefix):].split("/")
+        parts = path[len(prefix) :].split("/")
         for depth in range(1, len(parts)):
             sub = prefix + "/".join(parts[:depth])
             if recursive or depth == 1:
-                out.setdefault(sub, {"type": "directory", "path": sub, "oid": hashlib.sha1(sub.encode()).hexdigest(),
-                                     "size": 0})
+                out.setdefault(
+                    sub, {"type": "directory", "path": sub, "oid": hashlib.sha1(sub.encode()).hexdigest(), "size": 0}
+                )
         if recursive or len(parts) == 1:
             entry = {"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
             if lfs:

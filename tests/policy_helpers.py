@@ -41,19 +41,38 @@ def make_scorer(preferred: str):
 
 def write_seeds(folder: Path, n: int = 8) -> Path:
     path = folder / "seeds.jsonl"
-    path.write_text("".join(json.dumps({"id": f"p{i:02d}", "instruction": f"Explain subject {i} simply."}) + "\n"
-                            for i in range(n)), encoding="utf-8")
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"p{i:02d}", "instruction": f"Explain subject {i} simply."}) + "\n" for i in range(n)
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
-def make_setup(tmp_path: Path, monkeypatch, preferred: str = "deepen", instructor_model: str | None = None,
-               depth: int = 1, n_seeds: int = 8, **policy_kwargs):
+def make_setup(
+    tmp_path: Path,
+    monkeypatch,
+    preferred: str = "deepen",
+    instructor_model: str | None = None,
+    depth: int = 1,
+    n_seeds: int = 8,
+    **policy_kwargs,
+):
     """A ``TrainingSetup`` on scripted rewriter/reviewer backends; returns (setup, rewriter_backend)."""
     backend = ScriptedBackend(rewriter_reply, make_scorer(preferred), model_id="scripted")
     monkeypatch.setattr(BackendPool, "get", lambda self, settings, role: backend)
     seeds = SeedArguments(dataset_name=str(write_seeds(tmp_path, n_seeds)))
     policy_args = PolicyArguments(depth=depth, **policy_kwargs)
     rewriter = RewriterArguments(rewriter_model="scripted")
-    setup = build_setup(tmp_path / "run", 7, instructor_model, seeds, policy_args, rewriter, ReviewerArguments(),
-                        ReviewArguments(reviewer_modes="judge_logprob:1"))
+    setup = build_setup(
+        tmp_path / "run",
+        7,
+        instructor_model,
+        seeds,
+        policy_args,
+        rewriter,
+        ReviewerArguments(),
+        ReviewArguments(reviewer_modes="judge_logprob:1"),
+    )
     return setup, backend

@@ -8,8 +8,10 @@ from teams_rl.llm.scripted import ScriptedBackend
 def expert_reply(req) -> str:
     if req.messages[0]["role"] == "system":  # an action prompt: answer with a rewrite
         return f"Describe topic number {req.seed % 997} in three detailed steps with one concrete example."
-    return ("Here is a careful answer that walks through the question step by step, gives the reasoning, "
-            f"and ends with a short summary of the key points (variant {req.seed % 13}).")
+    return (
+        "Here is a careful answer that walks through the question step by step, gives the reasoning, "
+        f"and ends with a short summary of the key points (variant {req.seed % 13})."
+    )
 
 
 def reviewer_scorer(req) -> list[float]:

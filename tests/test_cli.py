@@ -16,8 +16,9 @@ RECIPE = ROOT / "recipes" / "smollm2-135m" / "synthesize" / "config_random.yaml"
 
 def cli(*args, cwd=ROOT):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "teams_rl.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "teams_rl.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def test_help_lists_stages_and_stage_help_documents_keys():
@@ -71,8 +72,9 @@ def test_missing_model_path_points_at_the_recipe_line(tmp_path):
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text('{"instruction": "Say hi."}\n', encoding="utf-8")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"dataset_name: {seeds}\noutput_dir: {tmp_path / 'run'}\nexpert_model: ./no/such/model\n",
-                      encoding="utf-8")
+    recipe.write_text(
+        f"dataset_name: {seeds}\noutput_dir: {tmp_path / 'run'}\nexpert_model: ./no/such/model\n", encoding="utf-8"
+    )
     line = _error_line(cli("synthesize", "--config", str(recipe)))
     assert f"{recipe}:3: expert_model:" in line and "does not exist" in line
 
@@ -103,7 +105,8 @@ def test_ledger_command_prints_roles(tmp_path, capsys):
     from teams_rl.llm.base import GenerationRequest
 
     RoleClient(make_backend(), ledger, "expert").generate(
-        [GenerationRequest(({"role": "user", "content": "hi"},), seed=s) for s in range(3)])
+        [GenerationRequest(({"role": "user", "content": "hi"},), seed=s) for s in range(3)]
+    )
     ledger.close()
     assert main(["ledger", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -141,8 +144,11 @@ def test_unreachable_server_is_one_line_and_keeps_the_previous_dataset(tmp_path)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"dataset_name: {seeds}\noutput_dir: {out}\nexpert_backend: openai\nexpert_model: m\n"
-                      f"expert_base_url: http://127.0.0.1:{port}/v1\nreviewer_modes: embedding\n", encoding="utf-8")
+    recipe.write_text(
+        f"dataset_name: {seeds}\noutput_dir: {out}\nexpert_backend: openai\nexpert_model: m\n"
+        f"expert_base_url: http://127.0.0.1:{port}/v1\nreviewer_modes: embedding\n",
+        encoding="utf-8",
+    )
     line = _error_line(cli("synthesize", "--config", str(recipe)))
     assert f"{recipe}:5: expert_base_url:" in line and f"127.0.0.1:{port}" in line
     assert (dataset / "rows.jsonl").read_text(encoding="utf-8") == '{"id": "earlier"}\n'

@@ -74,7 +74,9 @@ def test_a_saved_resolved_recipe_parses_back_as_a_recipe(tmp_path):
     from teams_rl.synthesize.run import ARGUMENTS, ExpertArguments, SynthesisArguments
 
     saved = tmp_path / "synthesize.yaml"
-    saved.write_text(to_yaml(SeedArguments(), SynthesisArguments(), ExpertArguments(), ReviewerArguments(),
-                             ReviewArguments()), encoding="utf-8")
+    saved.write_text(
+        to_yaml(SeedArguments(), SynthesisArguments(), ExpertArguments(), ReviewerArguments(), ReviewArguments()),
+        encoding="utf-8",
+    )
     assert "ignore_bias_buffers" not in saved.read_text()
     assert validate_recipe(saved, ARGUMENTS)["depth"] == SynthesisArguments().depth

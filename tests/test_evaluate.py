@@ -28,8 +28,9 @@ def adapter_dir(tiny_model_dir, tmp_path_factory) -> str:
 
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     out = tmp_path_factory.mktemp("adapter")
     peft_model.save_pretrained(out)
     return str(out)
@@ -69,8 +70,10 @@ def test_lm_eval_on_the_local_task_returns_scores_and_a_table(tiny_model_dir, ta
     acc, stderr = result["metrics"]["acc"]
     assert 0.0 <= acc <= 1.0 and stderr is not None and stderr > 0
     assert result["samples"] == 8 and result["num_fewshot"] == 1 and result["version"] == 1.0
-    rows = lmeval.comparison_rows({"teams_rl_mc": result}, {"teams_rl_mc": {
-        **result, "metrics": {"acc": (acc + 0.25, 0.1), "acc_norm": result["metrics"]["acc_norm"]}}})
+    rows = lmeval.comparison_rows(
+        {"teams_rl_mc": result},
+        {"teams_rl_mc": {**result, "metrics": {"acc": (acc + 0.25, 0.1), "acc_norm": result["metrics"]["acc_norm"]}}},
+    )
     acc_row = next(r for r in rows if r["metric"] == "acc")
     assert acc_row["delta"] == pytest.approx(0.25)
     assert acc_row["delta_stderr"] == pytest.approx((stderr**2 + 0.01) ** 0.5)
@@ -154,10 +157,31 @@ def test_evaluate_end_to_end_on_the_tiny_model(tiny_model_dir, adapter_dir, tmp_
     rows = [json.loads(x) for x in (FIXTURE / "rows.jsonl").read_text().splitlines()]
     members.write_text("".join(json.dumps(r) + "\n" for r in rows[:10]))
     others.write_text("".join(json.dumps(r) + "\n" for r in rows[10:]))
-    argv = ["--output_dir", str(tmp_path / "run"), "--base_model", tiny_model_dir, "--tuned_model", adapter_dir,
-            "--tasks", "teams_rl_mc:0", "--limit", "6", "--bootstrap_iters", "10", "--dtype", "float32",
-            "--privacy", "--privacy_members", str(members), "--privacy_non_members", str(others),
-            "--privacy_bootstrap", "50", "--dataset", str(FIXTURE)]
+    argv = [
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--base_model",
+        tiny_model_dir,
+        "--tuned_model",
+        adapter_dir,
+        "--tasks",
+        "teams_rl_mc:0",
+        "--limit",
+        "6",
+        "--bootstrap_iters",
+        "10",
+        "--dtype",
+        "float32",
+        "--privacy",
+        "--privacy_members",
+        str(members),
+        "--privacy_non_members",
+        str(others),
+        "--privacy_bootstrap",
+        "50",
+        "--dataset",
+        str(FIXTURE),
+    ]
     results = main(argv)
     out = tmp_path / "run" / "eval"
     saved = json.loads((out / "results.json").read_text())
@@ -175,7 +199,8 @@ def test_evaluate_end_to_end_on_the_tiny_model(tiny_model_dir, adapter_dir, tmp_
     rows_scored = saved["privacy"]["row_scores"]
     assert calibrated["members"] == 10 and "neg_loss_vs_base" not in saved["privacy"]["models"]["base"]
     assert rows_scored["tuned"]["neg_loss_vs_base"][0] == pytest.approx(
-        rows_scored["tuned"]["neg_loss"][0] - rows_scored["base"]["neg_loss"][0], abs=1e-4)
+        rows_scored["tuned"]["neg_loss"][0] - rows_scored["base"]["neg_loss"][0], abs=1e-4
+    )
     md = (out / "results.md").read_text()
     assert "| teams_rl_mc | acc | 0 | 6 |" in md and "## Membership inference" in md and "lm-eval 0.4" in md
     assert (out / "metrics.json").is_file() and (out / "config" / "evaluate.yaml").is_file()
@@ -193,7 +218,11 @@ def test_shipped_recipes_parse(recipe):
     assert args.privacy is True and args.limit == 5  # a bare --privacy flag and CLI overrides win over the recipe
     specs = [lmeval.TaskSpec.parse(t) for t in args.tasks]
     if "llama" in recipe:  # the paper's benchmarks and shots
-        assert specs == [lmeval.TaskSpec("arc_challenge", 25), lmeval.TaskSpec("hellaswag", 10),
-                         lmeval.TaskSpec("mmlu", 5), lmeval.TaskSpec("truthfulqa_mc2", 0)]
+        assert specs == [
+            lmeval.TaskSpec("arc_challenge", 25),
+            lmeval.TaskSpec("hellaswag", 10),
+            lmeval.TaskSpec("mmlu", 5),
+            lmeval.TaskSpec("truthfulqa_mc2", 0),
+        ]
     else:
         assert specs[0].name in lmeval.local_task_names(REPO / args.tasks_dir) and args.device is None

@@ -1,4 +1,4 @@
-"""``teams-rl push`` against a local fake Hub: what arrives, the cards, branches, refusals, and where the token goes."""
+"""``teams-rl push`` against a local fake Hub: what arrives, the cards, branches, refusals, where the token goes."""
 
 import io
 import json
@@ -17,9 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_FAKEtoken1234567890"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(64))  # binary: goes through LFS like a real plot
 EXPERT = "HuggingFaceTB/SmolLM2-135M-Instruct"
-LINEAGE = {"policy": "grpo:policy", "run_seed": 42, "reviewer_modes": "judge_logprob:1,embedding:1",
-           "expert_model": EXPERT, "expert_backend": "transformers", "reviewer_model": EXPERT,
-           "expert_sampling": {"rewrite": {"temperature": 0.7}, "answer": {"temperature": 0.7}}}
+LINEAGE = {
+    "policy": "grpo:policy",
+    "run_seed": 42,
+    "reviewer_modes": "judge_logprob:1,embedding:1",
+    "expert_model": EXPERT,
+    "expert_backend": "transformers",
+    "reviewer_model": EXPERT,
+    "expert_sampling": {"rewrite": {"temperature": 0.7}, "answer": {"temperature": 0.7}},
+}
 
 
 @pytest.fixture
@@ -33,12 +39,23 @@ def hub():
 def _push(hub: FakeHub, home: Path, *args: str, token: bool = True) -> subprocess.CompletedProcess:
     """Run the CLI as a user would: a fresh process that reads HF_ENDPOINT and the token from its environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_ENDPOINT=hub.endpoint, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(home),
-               HF_HUB_DISABLE_PROGRESS_BARS="1")
+    env.update(
+        HF_ENDPOINT=hub.endpoint,
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HOME=str(home),
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+    )
     if token:
         env["HF_TOKEN"] = TOKEN
-    return subprocess.run([sys.executable, "-m", "teams_rl.cli", "push", *map(str, args)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "teams_rl.cli", "push", *map(str, args)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def _synthesis_run(run: Path, *, policy: str = "random") -> list[dict]:
@@ -46,29 +63,79 @@ def _synthesis_run(run: Path, *, policy: str = "random") -> list[dict]:
     from teams_rl.llm.ledger import Ledger
 
     lineage = {**LINEAGE, "policy": "grpo:policy" if policy != "random" else "random"}
-    rows = [{"id": f"s00{i}/1", "seed_id": f"s00{i}", "instruction": f"Explain topic {i} with two constraints.",
-             "input": "", "response": f"Answer number {i} about the topic.", "depth": 1, "step": 1,
-             "actions": ["add_constraints"], "parent_instruction": f"Explain topic {i}.", "reward": 0.4, "gain": True,
-             "score_judge_logprob": 0.6, "score_embedding": 0.2, "review_parse_failures": 0,
-             "rewrite_finish_reason": "stop", "response_finish_reason": "stop", **lineage,
-             "seed_instruction": f"Explain topic {i}.", "seed_input": ""} for i in range(4)]
-    rejected = [{"id": "s004/1", "seed_id": "s004", "step": 1, "stage": "rewrite", "reason": "no_gain",
-                 "action": "deepen", "parent_instruction": "Explain topic 4.", "text": "Explain topic 4.",
-                 "scores": None}]
-    summary = {"dataset": str(run / "dataset"), "recipe": None, "seeds_total": 5, "seeds_done": 5, "steps": 5,
-               "rows": 4, "eliminated": {"no_gain": 1}, "stopped": None, "calls": [], "wall_s": 1.5,
-               "lineage": lineage}
+    rows = [
+        {
+            "id": f"s00{i}/1",
+            "seed_id": f"s00{i}",
+            "instruction": f"Explain topic {i} with two constraints.",
+            "input": "",
+            "response": f"Answer number {i} about the topic.",
+            "depth": 1,
+            "step": 1,
+            "actions": ["add_constraints"],
+            "parent_instruction": f"Explain topic {i}.",
+            "reward": 0.4,
+            "gain": True,
+            "score_judge_logprob": 0.6,
+            "score_embedding": 0.2,
+            "review_parse_failures": 0,
+            "rewrite_finish_reason": "stop",
+            "response_finish_reason": "stop",
+            **lineage,
+            "seed_instruction": f"Explain topic {i}.",
+            "seed_input": "",
+        }
+        for i in range(4)
+    ]
+    rejected = [
+        {
+            "id": "s004/1",
+            "seed_id": "s004",
+            "step": 1,
+            "stage": "rewrite",
+            "reason": "no_gain",
+            "action": "deepen",
+            "parent_instruction": "Explain topic 4.",
+            "text": "Explain topic 4.",
+            "scores": None,
+        }
+    ]
+    summary = {
+        "dataset": str(run / "dataset"),
+        "recipe": None,
+        "seeds_total": 5,
+        "seeds_done": 5,
+        "steps": 5,
+        "rows": 4,
+        "eliminated": {"no_gain": 1},
+        "stopped": None,
+        "calls": [],
+        "wall_s": 1.5,
+        "lineage": lineage,
+    }
     write_dataset(run / "dataset", rows, rejected, summary)
     ledger = Ledger(run / "ledger.sqlite")
     calls = [("expert", 100, 10), ("expert", 200, 20), ("expert", 300, 30), ("reviewer", 50, 0), ("reviewer", 70, 0)]
-    ledger.put_many([(f"k{i}", role, "smollm2-135m", "generate", {}, {}, pt, ct, 0.1, "stop")
-                     for i, (role, pt, ct) in enumerate(calls)])
+    ledger.put_many(
+        [
+            (f"k{i}", role, "smollm2-135m", "generate", {}, {}, pt, ct, 0.1, "stop")
+            for i, (role, pt, ct) in enumerate(calls)
+        ]
+    )
     ledger.close()
     (run / "config").mkdir()
-    recipe = {"dataset_name": "builtin", "output_dir": str(run), "policy": policy, "depth": 2,
-              "expert_model": "smollm2-135m", "expert_backend": "transformers", "reviewer_model": "smollm2-135m",
-              "reviewer_backend": "transformers", "reviewer_modes": "judge_logprob:1,embedding:1",
-              "reviewer_embedding_model": "minilm"}
+    recipe = {
+        "dataset_name": "builtin",
+        "output_dir": str(run),
+        "policy": policy,
+        "depth": 2,
+        "expert_model": "smollm2-135m",
+        "expert_backend": "transformers",
+        "reviewer_model": "smollm2-135m",
+        "reviewer_backend": "transformers",
+        "reviewer_modes": "judge_logprob:1,embedding:1",
+        "reviewer_embedding_model": "minilm",
+    }
     (run / "config" / "synthesize.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
     return rows
 
@@ -86,21 +153,45 @@ def pipeline_run(tmp_path, tiny_model_dir) -> Path:
     run = tmp_path / "runs" / "demo"
     rows = _synthesis_run(run, policy=str(run / "policy"))
     (run / "policy").mkdir()
-    (run / "policy" / "policy.json").write_text(json.dumps({
-        "kind": "instructor", "actions": ["add_constraints", "deepen"], "algorithm": "grpo",
-        "base_model": "smollm2-135m", "steps": 40, "episodes": 320, "probe_before": {"add_constraints": 0.6,
-                                                                                      "deepen": 0.4},
-        "probe_after": {"add_constraints": 0.25, "deepen": 0.75}, "stopped": None}), encoding="utf-8")
-    (run / "config" / "train-policy.yaml").write_text(yaml.safe_dump({
-        "algorithm": "grpo", "model_name_or_path": "smollm2-135m", "rewriter_model": "instructor",
-        "rewriter_backend": "transformers", "learning_rate": 0.0002, "depth": 2}), encoding="utf-8")
+    (run / "policy" / "policy.json").write_text(
+        json.dumps(
+            {
+                "kind": "instructor",
+                "actions": ["add_constraints", "deepen"],
+                "algorithm": "grpo",
+                "base_model": "smollm2-135m",
+                "steps": 40,
+                "episodes": 320,
+                "probe_before": {"add_constraints": 0.6, "deepen": 0.4},
+                "probe_after": {"add_constraints": 0.25, "deepen": 0.75},
+                "stopped": None,
+            }
+        ),
+        encoding="utf-8",
+    )
+    (run / "config" / "train-policy.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "algorithm": "grpo",
+                "model_name_or_path": "smollm2-135m",
+                "rewriter_model": "instructor",
+                "rewriter_backend": "transformers",
+                "learning_rate": 0.0002,
+                "depth": 2,
+            }
+        ),
+        encoding="utf-8",
+    )
     (run / "plots").mkdir()
     for name in ("reward.png", "action_mix.png"):
         (run / "plots" / name).write_bytes(PNG)
 
     # eval/: dataset metrics (no embeddings: the real shape, cheap) and a base-vs-tuned results.json
-    metrics = {"dataset": str(run / "dataset"), "embedding_model": None,
-               **eval_dataset.dataset_metrics(*load_rows(run / "dataset"), ledger_path=run / "ledger.sqlite")}
+    metrics = {
+        "dataset": str(run / "dataset"),
+        "embedding_model": None,
+        **eval_dataset.dataset_metrics(*load_rows(run / "dataset"), ledger_path=run / "ledger.sqlite"),
+    }
     (run / "eval" / "plots").mkdir(parents=True)
     (run / "eval" / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
     for name in ("lengths.png", "benchmarks.png"):
@@ -108,14 +199,25 @@ def pipeline_run(tmp_path, tiny_model_dir) -> Path:
     base = {"arc_easy": {"metrics": {"acc": (0.25, 0.02)}, "num_fewshot": 0, "samples": 50}}
     tuned = {"arc_easy": {"metrics": {"acc": (0.31, 0.02)}, "num_fewshot": 0, "samples": 50}}
     auc = {"auc": 0.537, "ci95": [0.41, 0.66], "members": 40, "non_members": 40}
-    results = {"config": {"output_dir": str(run)}, "lm_eval_version": "0.4.9", "teams_rl_version": "0.1.0",
-               "device": "cpu", "models": {"base": {"ref": "smollm2-135m", "upstream": EXPERT, "chat_template": True},
-                                           "tuned": {"ref": str(run / "sft" / "adapter"), "kind": "peft adapter",
-                                                     "chat_template": True}},
-               "tasks": {"arc_easy": {"version": 1.0, "source": "local"}},
-               "table": lmeval.comparison_rows(base, tuned),
-               "privacy": {"source": "SFT recipe", "members": 40, "non_members": 40, "note": "AUC near 0.5 = chance",
-                           "models": {"base": {"neg_loss": auc}, "tuned": {"neg_loss": auc}}}}
+    results = {
+        "config": {"output_dir": str(run)},
+        "lm_eval_version": "0.4.9",
+        "teams_rl_version": "0.1.0",
+        "device": "cpu",
+        "models": {
+            "base": {"ref": "smollm2-135m", "upstream": EXPERT, "chat_template": True},
+            "tuned": {"ref": str(run / "sft" / "adapter"), "kind": "peft adapter", "chat_template": True},
+        },
+        "tasks": {"arc_easy": {"version": 1.0, "source": "local"}},
+        "table": lmeval.comparison_rows(base, tuned),
+        "privacy": {
+            "source": "SFT recipe",
+            "members": 40,
+            "non_members": 40,
+            "note": "AUC near 0.5 = chance",
+            "models": {"base": {"neg_loss": auc}, "tuned": {"neg_loss": auc}},
+        },
+    }
     (run / "eval" / "results.json").write_text(json.dumps(results), encoding="utf-8")
 
     # sft/: a real (tiny) peft adapter, its card as teams-rl sft writes it, the resolved recipe and the loss plot
@@ -124,14 +226,22 @@ def pipeline_run(tmp_path, tiny_model_dir) -> Path:
     adapter = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
     adapter.save_pretrained(sft / "adapter")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(sft / "adapter")
-    facts = model_facts(base_model=EXPERT, base_revision="revision main", kind="adapter", recipe="config.yaml",
-                        recipe_sha256=None, command="teams-rl sft --config config.yaml",
-                        sources=[{"path": str(run / "dataset"), "kind": "local", "rows": len(rows)}],
-                        settings={"output_dir": str(sft), "method": "LoRA", "lora_r": 2}, results={"train_loss": 2.5})
+    facts = model_facts(
+        base_model=EXPERT,
+        base_revision="revision main",
+        kind="adapter",
+        recipe="config.yaml",
+        recipe_sha256=None,
+        command="teams-rl sft --config config.yaml",
+        sources=[{"path": str(run / "dataset"), "kind": "local", "rows": len(rows)}],
+        settings={"output_dir": str(sft), "method": "LoRA", "lora_r": 2},
+        results={"train_loss": 2.5},
+    )
     write_card(sft / "adapter", facts)
     (sft / "config").mkdir()
-    (sft / "config" / "sft.yaml").write_text(yaml.safe_dump({"dataset_name": str(run / "dataset"),
-                                                             "hub_token": None}), encoding="utf-8")
+    (sft / "config" / "sft.yaml").write_text(
+        yaml.safe_dump({"dataset_name": str(run / "dataset"), "hub_token": None}), encoding="utf-8"
+    )
     (sft / "plots").mkdir()
     (sft / "plots" / "loss.png").write_bytes(PNG)
     return run
@@ -152,8 +262,9 @@ def _assert_token_kept_safe(hub: FakeHub, run: Path, *outputs: str) -> None:
         for snapshot in repo.commits.values():
             assert not any(needle in data for data, _ in snapshot.values())
     assert all(TOKEN not in out for out in outputs)
-    assert any(r.headers.get("Authorization", r.headers.get("authorization")) == f"Bearer {TOKEN}"
-               for r in hub.requests)  # it was used, where it belongs
+    assert any(
+        r.headers.get("Authorization", r.headers.get("authorization")) == f"Bearer {TOKEN}" for r in hub.requests
+    )  # it was used, where it belongs
     for request in hub.requests:
         assert needle not in request.body and TOKEN not in request.path, request.path
         for key, value in request.headers.items():
@@ -169,9 +280,17 @@ def test_push_dataset_then_model(hub, pipeline_run, tmp_path):
     repo = hub.repos[("dataset", "me/demo-data")]
     assert repo.private  # private unless --public
     files = hub.files("dataset", "me/demo-data")
-    assert {"README.md", "data/train-00000-of-00001.parquet", "recipes/synthesize.yaml", "recipes/train-policy.yaml",
-            "rejected.jsonl", "summary.json", "plots/reward.png", "plots/action_mix.png",
-            "plots/lengths.png"} <= set(files)
+    assert {
+        "README.md",
+        "data/train-00000-of-00001.parquet",
+        "recipes/synthesize.yaml",
+        "recipes/train-policy.yaml",
+        "rejected.jsonl",
+        "summary.json",
+        "plots/reward.png",
+        "plots/action_mix.png",
+        "plots/lengths.png",
+    } <= set(files)
     assert "plots/benchmarks.png" not in files  # a model plot: it goes with the model card
     import pyarrow.parquet as pq
 
@@ -198,12 +317,20 @@ def test_push_dataset_then_model(hub, pipeline_run, tmp_path):
     done_model = _push(hub, home, "model", pipeline_run, "--repo-id", "me/demo-model")
     assert done_model.returncode == 0, done_model.stderr
     files = hub.files("model", "me/demo-model")
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "README.md", "recipes/sft.yaml",
-            "plots/loss.png", "plots/benchmarks.png"} <= set(files)
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "README.md",
+        "recipes/sft.yaml",
+        "plots/loss.png",
+        "plots/benchmarks.png",
+    } <= set(files)
     meta, body = _card(files)
     assert meta["base_model"] == EXPERT and meta["library_name"] == "peft" and meta["datasets"] == ["me/demo-data"]
     assert {"trl", "sft", "teams-rl"} <= set(meta["tags"])
-    link = f"[`me/demo-data`]({hub.endpoint}/datasets/me/demo-data) at revision `main` (commit `{pushes['dataset']['commit'][:12]}`)"
+    commit = pushes["dataset"]["commit"][:12]
+    link = f"[`me/demo-data`]({hub.endpoint}/datasets/me/demo-data) at revision `main` (commit `{commit}`)"
     assert link in body
     assert "| arc_easy | acc | 0 | 50 | 0.2500 ± 0.0200 | 0.3100 ± 0.0200 | +0.0600" in body and "0.537" in body
     assert 'from_pretrained("me/demo-model")' in body and "## Framework versions" in body  # the SFT card, extended
@@ -236,8 +363,12 @@ def test_branch_public_refuse_then_overwrite(hub, tmp_path):
 
     (run / "config" / "extra.yaml").unlink()
     rows, rejected, summary = load_rows(run / "dataset")
-    write_dataset(run / "dataset", [{k: v for k, v in r.items() if k != "score_embedding"} for r in rows][:3],
-                  rejected, {**summary, "rows": 3})
+    write_dataset(
+        run / "dataset",
+        [{k: v for k, v in r.items() if k != "score_embedding"} for r in rows][:3],
+        rejected,
+        {**summary, "rows": 3},
+    )
     replaced = _push(hub, home, *args, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert repo.branches["exp-1"] != branches["exp-1"] and repo.branches["main"] == branches["main"]
@@ -277,7 +408,9 @@ def test_run_folder_layouts(tmp_path):
     (run / "sft" / "merged" / "config.json").write_text("{}")
     (run / "sft" / "merged" / "model.safetensors").write_bytes(b"")
     assert find_dataset(run) == find_dataset(run / "dataset")
-    assert find_dataset(run).root == run and find_dataset(run / "baseline-random").folder.parent.name == "baseline-random"
+    assert (
+        find_dataset(run).root == run and find_dataset(run / "baseline-random").folder.parent.name == "baseline-random"
+    )
     assert find_model(run).folder == run / "sft" / "adapter" and find_model(run).root == run
     assert find_model(run, merged=True).folder == run / "sft" / "merged"
     assert find_model(run / "sft").root == run / "sft"  # a plain SFT output folder is its own run folder

@@ -12,16 +12,39 @@ from teams_rl.synthesize import run as synth_mod
 SEEDS = [
     {"id": "r1", "instruction": "Give three tips for sleeping better."},
     {"id": "r2", "instruction": "Explain what a prime number is."},
-    {"id": "r3", "instruction": "Summarise the text in one sentence.",
-     "input": "The library will close early on Friday because the heating system is being repaired."},
+    {
+        "id": "r3",
+        "instruction": "Summarise the text in one sentence.",
+        "input": "The library will close early on Friday because the heating system is being repaired.",
+    },
 ]
 
 
 def _argv(seeds_file, out):
-    return ["--dataset_name", str(seeds_file), "--output_dir", str(out), "--depth", "1", "--chunk_size", "3",
-            "--rewrite_max_new_tokens", "48", "--expert_max_new_tokens", "40", "--expert_model", "smollm2-135m",
-            "--reviewer_model", "smollm2-135m", "--reviewer_modes", "judge_logprob:1,embedding:1",
-            "--expert_dtype", "float32", "--reviewer_dtype", "float32"]
+    return [
+        "--dataset_name",
+        str(seeds_file),
+        "--output_dir",
+        str(out),
+        "--depth",
+        "1",
+        "--chunk_size",
+        "3",
+        "--rewrite_max_new_tokens",
+        "48",
+        "--expert_max_new_tokens",
+        "40",
+        "--expert_model",
+        "smollm2-135m",
+        "--reviewer_model",
+        "smollm2-135m",
+        "--reviewer_modes",
+        "judge_logprob:1,embedding:1",
+        "--expert_dtype",
+        "float32",
+        "--reviewer_dtype",
+        "float32",
+    ]
 
 
 @pytest.fixture(scope="module")

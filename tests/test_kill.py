@@ -36,11 +36,26 @@ DRIVER = textwrap.dedent("""
 
 
 def _run(seeds_file, out, slow, **popen):
-    argv = [sys.executable, "-c", DRIVER, str(slow), "--dataset_name", str(seeds_file), "--output_dir", str(out),
-            "--depth", "2", "--chunk_size", "2", "--reviewer_modes", "judge_logprob:1"]
+    argv = [
+        sys.executable,
+        "-c",
+        DRIVER,
+        str(slow),
+        "--dataset_name",
+        str(seeds_file),
+        "--output_dir",
+        str(out),
+        "--depth",
+        "2",
+        "--chunk_size",
+        "2",
+        "--reviewer_modes",
+        "judge_logprob:1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen)
+    return subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
 
 
 def _paid_calls(ledger: Path, kind: str = "%") -> int:

@@ -10,8 +10,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # (python -m module, teams-rl command) for every stage that reads a recipe
-STAGES = [("teams_rl.policy", "train-policy"), ("teams_rl.synthesize", "synthesize"), ("teams_rl.sft", "sft"),
-          ("teams_rl.evaluate", "evaluate"), ("teams_rl.pipeline", "run")]
+STAGES = [
+    ("teams_rl.policy", "train-policy"),
+    ("teams_rl.synthesize", "synthesize"),
+    ("teams_rl.sft", "sft"),
+    ("teams_rl.evaluate", "evaluate"),
+    ("teams_rl.pipeline", "run"),
+]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -37,8 +42,9 @@ def test_push_runs_as_a_module_too():
 def test_the_layers_contract_holds():
     """import-linter's contract in pyproject.toml: each package imports only those below it."""
     pytest.importorskip("importlinter")
-    done = subprocess.run([str(Path(sys.executable).with_name("lint-imports"))], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("lint-imports"))], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout[-2000:]
     assert "0 broken" in done.stdout
 
@@ -49,7 +55,7 @@ def test_the_wheel_lists_every_package_and_ships_the_eval_tasks():
     assert found | {"teams_rl.evaluate.tasks"} == set(config["packages"])
     assert config["package-dir"]["teams_rl.evaluate.tasks"] == "eval"
     assert (ROOT / "eval" / "teams_rl_mc" / "teams_rl_mc.yaml").is_file()
-    data_dirs = {pkg: globs for pkg, globs in config["package-data"].items()}
+    data_dirs = dict(config["package-data"])
     for folder in ("prompts", "data"):
         assert any(g.startswith(folder) for g in data_dirs["teams_rl.env"])
     for pkg in ("teams_rl.sft", "teams_rl.hub"):

@@ -19,8 +19,11 @@ def _reply(req: GenerationRequest) -> str:
 
 
 def _req(text: str, seed: int = 0, temperature: float = 0.7, max_new_tokens: int = 64) -> GenerationRequest:
-    return GenerationRequest(({"role": "user", "content": text},),
-                             SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens), seed=seed)
+    return GenerationRequest(
+        ({"role": "user", "content": text},),
+        SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens),
+        seed=seed,
+    )
 
 
 @pytest.fixture
@@ -43,8 +46,13 @@ def test_rerun_is_free_and_identical(ledger):
     assert all(r.cached for r in second)
     assert client.stats.cached_calls == 4 and client.stats.new_calls == 0
     for a, b in zip(first, second, strict=True):
-        assert (a.text, a.finish_reason, a.prompt_tokens, a.completion_tokens, a.error) == \
-               (b.text, b.finish_reason, b.prompt_tokens, b.completion_tokens, b.error)
+        assert (a.text, a.finish_reason, a.prompt_tokens, a.completion_tokens, a.error) == (
+            b.text,
+            b.finish_reason,
+            b.prompt_tokens,
+            b.completion_tokens,
+            b.error,
+        )
     assert [r.text for r in second] == [_reply(r) for r in reqs]
 
 
@@ -109,8 +117,7 @@ def test_score_results_with_neg_inf_round_trip(ledger):
     assert math.isinf(again[1].logprobs[0]) and again[1].logprobs[1] == -1.5
     assert [r.probs for r in again] == [r.probs for r in first] == [[1.0, 0.0], [0.0, 1.0]]
     # choices are part of the key
-    other = RoleClient(backend, ledger, "reviewer").score(
-        [ScoreRequest(reqs[0].messages, ("No", "Yes"), seed=0)])
+    other = RoleClient(backend, ledger, "reviewer").score([ScoreRequest(reqs[0].messages, ("No", "Yes"), seed=0)])
     assert not other[0].cached and backend.score_calls == 3
 
 
@@ -233,7 +240,8 @@ def test_totals_per_role(ledger):
     RoleClient(gen, ledger, "expert").generate([_req("six")])
     scorer = ScriptedBackend(_reply, scorer=lambda r: [-0.1, -2.0])
     RoleClient(scorer, ledger, "reviewer").score(
-        [ScoreRequest(({"role": "user", "content": "q"},), ("Yes", "No"), seed=s) for s in range(3)])
+        [ScoreRequest(({"role": "user", "content": "q"},), ("Yes", "No"), seed=s) for s in range(3)]
+    )
     totals = ledger.totals()
     assert set(totals) == {"rewriter", "expert", "reviewer"}
     rw = totals["rewriter"]

@@ -66,19 +66,49 @@ def test_summary_stats_by_hand():
 def test_dataset_metrics_counts_review_outcomes_and_actions():
     from teams_rl.evaluate.dataset_metrics import dataset_metrics
 
-    rows = [{"id": "a/1", "seed_id": "a", "instruction": "Do x.", "input": "", "response": "done x", "depth": 1,
-             "actions": ["deepen"], "score_embedding": 0.2},
-            {"id": "a/2", "seed_id": "a", "instruction": "Do x and y.", "input": "", "response": "done x, y",
-             "depth": 2, "actions": ["deepen", "concretize"], "score_embedding": 0.4}]
-    rejected = [{"stage": "rewrite", "reason": "no_gain", "action": "in_breadth"},
-                {"stage": "rewrite", "reason": "refusal", "action": "deepen"},
-                {"stage": "answer", "reason": "answer_refusal", "action": "concretize"}]
-    summary = {"steps": 5, "calls": [{"role": "expert", "new": 6, "cached": 2}, {"role": "reviewer", "new": 3,
-                                                                                  "cached": 0}]}
+    rows = [
+        {
+            "id": "a/1",
+            "seed_id": "a",
+            "instruction": "Do x.",
+            "input": "",
+            "response": "done x",
+            "depth": 1,
+            "actions": ["deepen"],
+            "score_embedding": 0.2,
+        },
+        {
+            "id": "a/2",
+            "seed_id": "a",
+            "instruction": "Do x and y.",
+            "input": "",
+            "response": "done x, y",
+            "depth": 2,
+            "actions": ["deepen", "concretize"],
+            "score_embedding": 0.4,
+        },
+    ]
+    rejected = [
+        {"stage": "rewrite", "reason": "no_gain", "action": "in_breadth"},
+        {"stage": "rewrite", "reason": "refusal", "action": "deepen"},
+        {"stage": "answer", "reason": "answer_refusal", "action": "concretize"},
+    ]
+    summary = {
+        "steps": 5,
+        "calls": [{"role": "expert", "new": 6, "cached": 2}, {"role": "reviewer", "new": 3, "cached": 0}],
+    }
     m = dataset_metrics(rows, rejected, summary)
     # reviewed = 3 answered (2 kept + 1 answer-eliminated) + 1 no_gain; the refusal never reached the reviewer
-    assert m["review"] == {"rewrites_tried": 5, "rule_eliminated": 1, "reviewed": 4, "reviewer_accepted": 3,
-                           "reviewer_acceptance": 0.75, "answers_eliminated": 1, "kept": 2, "kept_rate": 0.4}
+    assert m["review"] == {
+        "rewrites_tried": 5,
+        "rule_eliminated": 1,
+        "reviewed": 4,
+        "reviewer_accepted": 3,
+        "reviewer_acceptance": 0.75,
+        "answers_eliminated": 1,
+        "kept": 2,
+        "kept_rate": 0.4,
+    }
     assert m["actions"]["kept"] == {"concretize": 1, "deepen": 1}
     assert m["actions"]["eliminated"] == {"concretize": 1, "deepen": 1, "in_breadth": 1}
     assert m["depth"] == {"1": 1, "2": 1}

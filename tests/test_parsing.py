@@ -154,7 +154,8 @@ def test_parse_grade_respects_custom_range():
         ("```\nWrite a poem.\n```", ("Write a poem.", "")),
         ("Write a poem.\n\nI hope this helps!", ("Write a poem.", "")),
         (
-            "Sure! Here's the revised instruction:\n\n**Instruction:** Write a limerick.\n\nLet me know if you need more!",
+            "Sure! Here's the revised instruction:\n\n**Instruction:** Write a limerick.\n\n"
+            "Let me know if you need more!",
             ("Write a limerick.", ""),
         ),
         ("Write a poem.\n\nInput:\n1, 2, 3", ("Write a poem.", "1, 2, 3")),

@@ -27,41 +27,115 @@ def _recipes(folder: Path, model: str) -> dict[str, Path]:
     """Tiny stage recipes: 8 seeds, scripted expert/rewriter/reviewer, the classic policy, 6 LoRA steps, lm-eval on
     a few questions. Every stage runs for real, just small."""
     seeds = folder / "seeds.jsonl"
-    seeds.write_text("".join(json.dumps({"id": f"t{i}", "instruction": f"Explain idea number {i} to a beginner."})
-                             + "\n" for i in range(8)), encoding="utf-8")
+    seeds.write_text(
+        "".join(
+            json.dumps({"id": f"t{i}", "instruction": f"Explain idea number {i} to a beginner."}) + "\n"
+            for i in range(8)
+        ),
+        encoding="utf-8",
+    )
     review = {"reviewer_model": SCRIPTED, "reviewer_backend": "python", "reviewer_modes": "judge_logprob:1"}
-    policy = _write(folder / "policy.yaml", {
-        "dataset_name": str(seeds), "algorithm": "classic", "depth": 1, "episode_slots": 4, "iterations": 2,
-        "rollout_steps": 1, "state_features": "last_action", "report_to": "none", "rewriter_model": SCRIPTED,
-        "rewriter_backend": "python", **review})
-    synth = _write(folder / "synth.yaml", {
-        "dataset_name": str(seeds), "depth": 2, "chunk_size": 4, "expert_model": SCRIPTED, "expert_backend": "python",
-        **review})
-    sft = _write(folder / "sft.yaml", {
-        "model_name_or_path": model, "dtype": "float32", "use_peft": True, "lora_r": 4, "lora_alpha": 8,
-        "lora_target_modules": ["q_proj", "v_proj"], "test_split_size": 0.25, "max_length": 128, "max_steps": 6,
-        "per_device_train_batch_size": 2, "learning_rate": 1e-3, "save_strategy": "steps", "save_steps": 2,
-        "eval_strategy": "no", "report_to": "none", "dataloader_pin_memory": False, "bf16": False, "seed": 3})
-    evaluate = _write(folder / "eval.yaml", {
-        "base_model": model, "dtype": "float32", "tasks": ["teams_rl_mc:0"], "tasks_dir": str(ROOT / "eval"),
-        "limit": 4, "bootstrap_iters": 10, "privacy": True, "privacy_bootstrap": 20, "batch_size": 4})
+    policy = _write(
+        folder / "policy.yaml",
+        {
+            "dataset_name": str(seeds),
+            "algorithm": "classic",
+            "depth": 1,
+            "episode_slots": 4,
+            "iterations": 2,
+            "rollout_steps": 1,
+            "state_features": "last_action",
+            "report_to": "none",
+            "rewriter_model": SCRIPTED,
+            "rewriter_backend": "python",
+            **review,
+        },
+    )
+    synth = _write(
+        folder / "synth.yaml",
+        {
+            "dataset_name": str(seeds),
+            "depth": 2,
+            "chunk_size": 4,
+            "expert_model": SCRIPTED,
+            "expert_backend": "python",
+            **review,
+        },
+    )
+    sft = _write(
+        folder / "sft.yaml",
+        {
+            "model_name_or_path": model,
+            "dtype": "float32",
+            "use_peft": True,
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "lora_target_modules": ["q_proj", "v_proj"],
+            "test_split_size": 0.25,
+            "max_length": 128,
+            "max_steps": 6,
+            "per_device_train_batch_size": 2,
+            "learning_rate": 1e-3,
+            "save_strategy": "steps",
+            "save_steps": 2,
+            "eval_strategy": "no",
+            "report_to": "none",
+            "dataloader_pin_memory": False,
+            "bf16": False,
+            "seed": 3,
+        },
+    )
+    evaluate = _write(
+        folder / "eval.yaml",
+        {
+            "base_model": model,
+            "dtype": "float32",
+            "tasks": ["teams_rl_mc:0"],
+            "tasks_dir": str(ROOT / "eval"),
+            "limit": 4,
+            "bootstrap_iters": 10,
+            "privacy": True,
+            "privacy_bootstrap": 20,
+            "batch_size": 4,
+        },
+    )
     return {"policy": policy, "synth": synth, "sft": sft, "eval": evaluate}
 
 
 def _pipeline(folder: Path, recipes: dict[str, Path], run_dir: Path, **extra) -> Path:
-    return _write(folder / "pipeline.yaml", {
-        "run_dir": str(run_dir), "policy_recipe": str(recipes["policy"]), "synthesize_recipe": str(recipes["synth"]),
-        "sft_recipe": str(recipes["sft"]), "eval_recipe": str(recipes["eval"]), **extra})
+    return _write(
+        folder / "pipeline.yaml",
+        {
+            "run_dir": str(run_dir),
+            "policy_recipe": str(recipes["policy"]),
+            "synthesize_recipe": str(recipes["synth"]),
+            "sft_recipe": str(recipes["sft"]),
+            "eval_recipe": str(recipes["eval"]),
+            **extra,
+        },
+    )
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "teams_rl.cli", "run", *args], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "teams_rl.cli", "run", *args],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _calls(ledger: Path) -> int:
@@ -74,15 +148,19 @@ def finished(tiny_model_dir, tmp_path_factory):
     """One complete tiny pipeline run, then a second run of the same command."""
     folder = tmp_path_factory.mktemp("pipeline")
     recipes = _recipes(folder, tiny_model_dir)
-    config = _pipeline(folder, recipes, folder / "run", stages=["train-policy", "synthesize", "baseline", "sft",
-                                                                 "evaluate"])
+    config = _pipeline(
+        folder, recipes, folder / "run", stages=["train-policy", "synthesize", "baseline", "sft", "evaluate"]
+    )
     first = _run("--config", str(config))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     run = folder / "run"
-    before = {"ledger": _calls(run / "ledger.sqlite"), "baseline": _calls(run / "baseline-random" / "ledger.sqlite"),
-              "adapter": (run / "sft" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns,
-              "results": (run / "eval" / "results.json").stat().st_mtime_ns,
-              "logs": {p.name: p.read_text() for p in (run / "logs").glob("*.log")}}
+    before = {
+        "ledger": _calls(run / "ledger.sqlite"),
+        "baseline": _calls(run / "baseline-random" / "ledger.sqlite"),
+        "adapter": (run / "sft" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns,
+        "results": (run / "eval" / "results.json").stat().st_mtime_ns,
+        "logs": {p.name: p.read_text() for p in (run / "logs").glob("*.log")},
+    }
     second = _run("--config", str(config))
     return folder, config, run, first, second, before
 
@@ -91,11 +169,18 @@ def test_pipeline_runs_every_stage_into_one_run_folder(finished):
     _, _, run, first, _, _ = finished
     state = json.loads((run / "pipeline.json").read_text())
     assert [s for s, e in state["stages"].items() if e["status"] == "done"] == [
-        "train-policy", "synthesize", "baseline", "sft", "evaluate"]
+        "train-policy",
+        "synthesize",
+        "baseline",
+        "sft",
+        "evaluate",
+    ]
     assert json.loads((run / "policy" / "policy.json").read_text())["algorithm"] == "classic"
     rows = [json.loads(line) for line in (run / "dataset" / "rows.jsonl").read_text().splitlines()]
     assert rows and all(r["policy"] == "classic:policy" for r in rows)  # synthesis used the policy trained here
-    baseline = [json.loads(line) for line in (run / "baseline-random" / "dataset" / "rows.jsonl").read_text().splitlines()]
+    baseline = [
+        json.loads(line) for line in (run / "baseline-random" / "dataset" / "rows.jsonl").read_text().splitlines()
+    ]
     assert baseline and all(r["policy"] == "random" for r in baseline)
     assert (run / "sft" / "adapter" / "README.md").is_file()
     sft_config = yaml.safe_load((run / "sft" / "config" / "sft.yaml").read_text())
@@ -155,11 +240,36 @@ def test_push_stage_publishes_dataset_and_model_and_never_writes_the_token(finis
     hub = FakeHub()
     hub.start()
     token = "hf_FAKEpipelineToken0987654321"
-    env = {**_env(), "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": token}
-    argv = [sys.executable, "-m", "teams_rl.cli", "run", "--config", str(config), "--stages", "train-policy",
-            "synthesize", "baseline", "sft", "evaluate", "push", "--push_dataset_repo_id", "me/demo-data",
-            "--push_model_repo_id", "me/demo-model", "--push_revision", "exp-1"]
+    env = {
+        **_env(),
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_TOKEN": token,
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "teams_rl.cli",
+        "run",
+        "--config",
+        str(config),
+        "--stages",
+        "train-policy",
+        "synthesize",
+        "baseline",
+        "sft",
+        "evaluate",
+        "push",
+        "--push_dataset_repo_id",
+        "me/demo-data",
+        "--push_model_repo_id",
+        "me/demo-model",
+        "--push_revision",
+        "exp-1",
+    ]
     try:
         pushed = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert pushed.returncode == 0, pushed.stdout[-3000:] + pushed.stderr[-3000:]
@@ -201,12 +311,15 @@ def test_changed_recipe_is_refused_until_redo_which_reruns_from_that_stage(finis
     assert len(kept_aside) == 1 and kept_aside[0].read_text() == old_results  # moved, not deleted
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"stages": ["synthesize", "polish"]}, "unknown stage 'polish'"),
-    ({"sft_overrides": ["output_dir=elsewhere"]}, "'output_dir' is set by the pipeline"),
-    ({"sft_overrides": ["max_stepz=3"]}, "max_stepz"),
-    ({"synth_recipe": "x.yaml"}, "synth_recipe: unknown key"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"stages": ["synthesize", "polish"]}, "unknown stage 'polish'"),
+        ({"sft_overrides": ["output_dir=elsewhere"]}, "'output_dir' is set by the pipeline"),
+        ({"sft_overrides": ["max_stepz=3"]}, "max_stepz"),
+        ({"synth_recipe": "x.yaml"}, "synth_recipe: unknown key"),
+    ],
+)
 def test_bad_pipeline_recipe_is_one_line_and_exit_2(tiny_model_dir, tmp_path, extra, message):
     config = _pipeline(tmp_path, _recipes(tmp_path, tiny_model_dir), tmp_path / "run", **extra)
     done = _run("--config", str(config))
@@ -218,11 +331,22 @@ def test_bad_pipeline_recipe_is_one_line_and_exit_2(tiny_model_dir, tmp_path, ex
 
 def test_run_killed_during_sft_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
     recipes = _recipes(tmp_path, tiny_model_dir)
-    config = _pipeline(tmp_path, recipes, tmp_path / "run", stages=["synthesize", "sft"],
-                       sft_overrides=["max_steps=40", "save_total_limit=50"])
+    config = _pipeline(
+        tmp_path,
+        recipes,
+        tmp_path / "run",
+        stages=["synthesize", "sft"],
+        sft_overrides=["max_steps=40", "save_total_limit=50"],
+    )
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "teams_rl.cli", "run", "--config", str(config)], cwd=ROOT,
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "teams_rl.cli", "run", "--config", str(config)],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while not (run / "sft" / "checkpoint-4").is_dir():
         assert proc.poll() is None, "the pipeline ended before it could be killed"
@@ -253,8 +377,14 @@ def test_every_pipeline_recipe_plans_and_every_stage_command_parses(recipe, monk
     monkeypatch.chdir(ROOT)
     # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU-only machine unless use_cpu is set.
     raw = yaml.safe_load(recipe.read_text())
-    cpu = {"policy_overrides": [*raw["policy_overrides"], "use_cpu=true"],
-           "sft_overrides": [*raw["sft_overrides"], "use_cpu=true"]} if "bf16" in (ROOT / raw["sft_recipe"]).read_text() else {}
+    cpu = (
+        {
+            "policy_overrides": [*raw["policy_overrides"], "use_cpu=true"],
+            "sft_overrides": [*raw["sft_overrides"], "use_cpu=true"],
+        }
+        if "bf16" in (ROOT / raw["sft_recipe"]).read_text()
+        else {}
+    )
     argv = ["--config", str(recipe)] + [x for k, v in cpu.items() for x in (f"--{k}", *v)]
     (args,), path = parse_args([PipelineArguments], argv)
     stages = plan(args, path)

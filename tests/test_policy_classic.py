@@ -49,8 +49,15 @@ def _train(tmp_path, monkeypatch, features, embedder=None, **overrides):
         return stats
 
     monkeypatch.setattr(classic, "trpo_step", recording)
-    config = ClassicConfig(output_dir=str(tmp_path / "run"), seed=3, iterations=25, rollout_steps=2,
-                           state_features=features, report_to="none", **overrides)
+    config = ClassicConfig(
+        output_dir=str(tmp_path / "run"),
+        seed=3,
+        iterations=25,
+        rollout_steps=2,
+        state_features=features,
+        report_to="none",
+        **overrides,
+    )
     folder = classic.train(setup, config)
     return setup, folder, kls
 
@@ -109,13 +116,13 @@ def test_recipe_parses_and_must_name_the_rewriter(tmp_path, monkeypatch):
 
     shared = (SeedArguments, PolicyArguments, RewriterArguments, ReviewerArguments, ReviewArguments)
     (seeds, policy_args, rewriter, *_, config), _ = parse_args(
-        (*shared, ClassicConfig), ["--config", "recipes/smollm2-135m/policy/config_classic.yaml"])
+        (*shared, ClassicConfig), ["--config", "recipes/smollm2-135m/policy/config_classic.yaml"]
+    )
     assert policy_args.algorithm == "classic" and rewriter.rewriter_model == "smollm2-135m"
     assert (config.hidden_sizes, config.max_kl, config.damping, config.cg_iters) == ([64, 64], 0.01, 0.1, 10)
     assert classic.run_settings(config) == ("runs/smollm2-135m-classic", 42, None)
     with pytest.raises(TeamsRLError, match="rewriter_model"):  # the default 'instructor' has nothing to borrow
-        build_setup(tmp_path, 0, None, seeds, policy_args, RewriterArguments(), ReviewerArguments(),
-                    ReviewArguments())
+        build_setup(tmp_path, 0, None, seeds, policy_args, RewriterArguments(), ReviewerArguments(), ReviewArguments())
 
 
 def test_cli_trains_from_the_recipe_and_prints_the_policy_and_ledger(tmp_path, monkeypatch, capsys):
@@ -127,10 +134,27 @@ def test_cli_trains_from_the_recipe_and_prints_the_policy_and_ledger(tmp_path, m
     backend = ScriptedBackend(rewriter_reply, make_scorer("deepen"), model_id="scripted")
     monkeypatch.setattr(BackendPool, "get", lambda self, settings, role: backend)
     run = tmp_path / "run"
-    rc = cli.main(["train-policy", "--config", "recipes/smollm2-135m/policy/config_classic.yaml",
-                   "--dataset_name", str(write_seeds(tmp_path)), "--output_dir", str(run), "--iterations", "2",
-                   "--rollout_steps", "1", "--report_to", "none", "--state_features", "last_action",
-                   "--reviewer_modes", "judge_logprob:1"])
+    rc = cli.main(
+        [
+            "train-policy",
+            "--config",
+            "recipes/smollm2-135m/policy/config_classic.yaml",
+            "--dataset_name",
+            str(write_seeds(tmp_path)),
+            "--output_dir",
+            str(run),
+            "--iterations",
+            "2",
+            "--rollout_steps",
+            "1",
+            "--report_to",
+            "none",
+            "--state_features",
+            "last_action",
+            "--reviewer_modes",
+            "judge_logprob:1",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "Policy: classic" in out and "deepen" in out and "rewriter" in out and "reviewer" in out
@@ -142,7 +166,9 @@ def test_cli_trains_from_the_recipe_and_prints_the_policy_and_ledger(tmp_path, m
 def test_cli_unknown_algorithm_is_one_line_and_exit_2(capsys):
     from teams_rl import cli
 
-    rc = cli.main(["train-policy", "--config", "recipes/smollm2-135m/policy/config_classic.yaml", "--algorithm", "dqn"])
+    rc = cli.main(
+        ["train-policy", "--config", "recipes/smollm2-135m/policy/config_classic.yaml", "--algorithm", "dqn"]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "unknown algorithm 'dqn'" in err and "algorithm" in err
 
@@ -154,8 +180,23 @@ def test_module_entry_point_runs_the_train_policy_command():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-m", "teams_rl.policy", "--config",
-                           "recipes/smollm2-135m/policy/config_classic.yaml", "--algorithm", "dqn"],
-                          cwd=root, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "teams_rl.policy",
+            "--config",
+            "recipes/smollm2-135m/policy/config_classic.yaml",
+            "--algorithm",
+            "dqn",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == "error: algorithm: unknown algorithm 'dqn' (choose from ppo, grpo, classic)"
+    assert (
+        done.stderr.strip().splitlines()[-1]
+        == "error: algorithm: unknown algorithm 'dqn' (choose from ppo, grpo, classic)"
+    )

@@ -124,8 +124,20 @@ def test_synthesis_runs_with_a_trained_policy_folder(saved_instructor, tmp_path,
 
     setup, _ = make_setup(tmp_path, monkeypatch)  # patches the backends with the scripted ones
     setup.ledger.close()
-    summary = synthesize.main(["--dataset_name", str(write_seeds(tmp_path, 4)), "--output_dir", str(tmp_path / "s"),
-                               "--policy", str(saved_instructor), "--depth", "1", "--reviewer_modes", "judge_logprob:1"])
+    summary = synthesize.main(
+        [
+            "--dataset_name",
+            str(write_seeds(tmp_path, 4)),
+            "--output_dir",
+            str(tmp_path / "s"),
+            "--policy",
+            str(saved_instructor),
+            "--depth",
+            "1",
+            "--reviewer_modes",
+            "judge_logprob:1",
+        ]
+    )
     rows, rejected, _ = load_rows(tmp_path / "s" / "dataset")
     assert summary["lineage"]["policy"].startswith("test:")
     assert len(rows) + len(rejected) == 4

@@ -24,16 +24,31 @@ RECIPE = Path(__file__).parent.parent / "recipes" / "smollm2-135m" / "policy" / 
 
 def grpo_config(run_dir: Path, **overrides) -> GRPOPolicyConfig:
     # 2 states x 8 answers per step: a group of 8 holds the rewarded action with probability ~0.77 at the start
-    settings = {"output_dir": str(run_dir), "max_steps": 20, "num_generations": 8, "per_device_train_batch_size": 16,
-                    "learning_rate": 3e-3, "beta": 0.04, "seed": 0, "report_to": "none", "disable_tqdm": True, "use_cpu": True}
+    settings = {
+        "output_dir": str(run_dir),
+        "max_steps": 20,
+        "num_generations": 8,
+        "per_device_train_batch_size": 16,
+        "learning_rate": 3e-3,
+        "beta": 0.04,
+        "seed": 0,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "use_cpu": True,
+    }
     return GRPOPolicyConfig(**{**settings, **overrides})
 
 
 def lora(model_dir: str) -> ModelConfig:
     # lm_head too: the tiny model's random head gives small logits, and LoRA below it plateaus near P = 0.4
-    return ModelConfig(model_name_or_path=model_dir, use_peft=True, lora_r=16, lora_alpha=32, lora_dropout=0.0,
-                       lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                            "down_proj", "lm_head"])
+    return ModelConfig(
+        model_name_or_path=model_dir,
+        use_peft=True,
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"],
+    )
 
 
 def untrained_policy(model_dir: str, folder: Path) -> InstructorPolicy:
@@ -66,8 +81,14 @@ def test_grpo_learns_the_rewarded_action_and_saves_a_loadable_policy(tmp_path, m
     meta = read_policy_meta(folder)
     assert meta["probe_after"]["deepen"] > meta["probe_before"]["deepen"] + 0.3
     meta = {k: v for k, v in meta.items() if not k.startswith("probe_")}
-    assert meta == {"kind": "instructor", "actions": NAMES, "algorithm": "grpo", "base_model": tiny_model_dir,
-                    "steps": 20, "stopped": None}
+    assert meta == {
+        "kind": "instructor",
+        "actions": NAMES,
+        "algorithm": "grpo",
+        "base_model": tiny_model_dir,
+        "steps": 20,
+        "stopped": None,
+    }
     assert (folder / "adapter_config.json").is_file()
     policy = load_policy(str(folder), ACTIONS)
     after = p_deepen(policy, states)
@@ -87,8 +108,9 @@ def test_grpo_learns_the_rewarded_action_and_saves_a_loadable_policy(tmp_path, m
 
 
 def test_prompts_show_kept_rewrites_as_next_states(tmp_path, monkeypatch, tiny_model_dir):
-    setup, _ = make_setup(tmp_path, monkeypatch, preferred="deepen", instructor_model=tiny_model_dir, depth=3,
-                          n_seeds=4)
+    setup, _ = make_setup(
+        tmp_path, monkeypatch, preferred="deepen", instructor_model=tiny_model_dir, depth=3, n_seeds=4
+    )
     shown, step = [], setup.env.step
 
     def recording(states, actions):
@@ -113,8 +135,12 @@ def test_unparseable_answers_get_the_penalty_and_are_counted(tmp_path, monkeypat
     deepen = str(NAMES.index("deepen") + 1)
     answers = ["banana", deepen, deepen * 2, f" {deepen}\n"]
     logged = {}
-    rewards = fn(prompts=prompts, completions=[[{"role": "assistant", "content": a}] for a in answers],
-                 slot=slots, log_metric=logged.__setitem__)
+    rewards = fn(
+        prompts=prompts,
+        completions=[[{"role": "assistant", "content": a}] for a in answers],
+        slot=slots,
+        log_metric=logged.__setitem__,
+    )
     assert rewards[0] == rewards[2] == -0.7
     assert rewards[1] > 0 and rewards[3] > 0
     assert reward.stats.unparseable == 2
@@ -126,11 +152,17 @@ def test_unparseable_answers_get_the_penalty_and_are_counted(tmp_path, monkeypat
         fn(prompts=stale, completions=[deepen], slot=[0])
 
 
-@pytest.mark.parametrize(("overrides", "key"), [({"max_completion_length": 2}, "max_completion_length"),
-                                                ({"use_liger_kernel": True}, "use_liger_kernel"),
-                                                ({"per_device_train_batch_size": 40}, "episode_slots")])
-def test_settings_that_would_break_the_mask_or_the_pool_are_refused(tmp_path, monkeypatch, tiny_model_dir,
-                                                                    overrides, key):
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"max_completion_length": 2}, "max_completion_length"),
+        ({"use_liger_kernel": True}, "use_liger_kernel"),
+        ({"per_device_train_batch_size": 40}, "episode_slots"),
+    ],
+)
+def test_settings_that_would_break_the_mask_or_the_pool_are_refused(
+    tmp_path, monkeypatch, tiny_model_dir, overrides, key
+):
     setup, _ = make_setup(tmp_path, monkeypatch, instructor_model=tiny_model_dir)  # 8 slots; 40 / 4 = 10 states
     with pytest.raises(TeamsRLError) as err:
         train(setup, grpo_config(setup.run_dir, num_generations=4, **overrides), lora(tiny_model_dir))

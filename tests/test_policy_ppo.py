@@ -25,22 +25,36 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def _config(run_dir, **overrides) -> ppo.PPOPolicyConfig:
     # 8 steps of 8 answers, one PPO epoch at a LoRA-sized learning rate: ~20-40 s on 2 CPU cores.
-    settings = {"output_dir": str(run_dir), "per_device_train_batch_size": 8, "total_episodes": 64, "num_ppo_epochs": 1,
-                    "learning_rate": 2e-2, "kl_coef": 0.01, "response_length": 1, "num_sample_generations": 0,
-                    "save_strategy": "no", "report_to": "tensorboard", "seed": 0, "probe_states": 8}
+    settings = {
+        "output_dir": str(run_dir),
+        "per_device_train_batch_size": 8,
+        "total_episodes": 64,
+        "num_ppo_epochs": 1,
+        "learning_rate": 2e-2,
+        "kl_coef": 0.01,
+        "response_length": 1,
+        "num_sample_generations": 0,
+        "save_strategy": "no",
+        "report_to": "tensorboard",
+        "seed": 0,
+        "probe_states": 8,
+    }
     return ppo.PPOPolicyConfig(**{**settings, **overrides})
 
 
 def _model_config(path) -> ModelConfig:
-    return ModelConfig(model_name_or_path=path, use_peft=True, lora_r=8, lora_alpha=16, lora_target_modules=LORA_TARGETS)
+    return ModelConfig(
+        model_name_or_path=path, use_peft=True, lora_r=8, lora_alpha=16, lora_target_modules=LORA_TARGETS
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
     """One short PPO run shared by the tests below: (setup, policy folder)."""
     with pytest.MonkeyPatch.context() as mp:
-        setup, _ = make_setup(tmp_path_factory.mktemp("ppo"), mp, preferred="deepen", instructor_model=tiny_model_dir,
-                              episode_slots=16)  # 16 slots over 8 seeds: repeated prompts map back by order
+        setup, _ = make_setup(
+            tmp_path_factory.mktemp("ppo"), mp, preferred="deepen", instructor_model=tiny_model_dir, episode_slots=16
+        )  # 16 slots over 8 seeds: repeated prompts map back by order
         folder = ppo.train(setup, _config(setup.run_dir), _model_config(tiny_model_dir))
         setup.ledger.close()
     return setup, folder
@@ -79,8 +93,15 @@ def test_saved_policy_loads_and_selects(trained):
 def test_ppo_logs_env_stats_calls_and_kl(trained):
     setup, _ = trained
     scalars = _scalars(setup.run_dir)
-    for tag in ("env/reward_mean", "env/acceptance_rate", "env/parse_failure_rate", "env/action_deepen",
-                "calls/rewriter", "calls/reviewer", "objective/kl"):
+    for tag in (
+        "env/reward_mean",
+        "env/acceptance_rate",
+        "env/parse_failure_rate",
+        "env/action_deepen",
+        "calls/rewriter",
+        "calls/reviewer",
+        "objective/kl",
+    ):
         assert len(scalars.get(tag, [])) == 8, (tag, sorted(scalars))
     assert scalars["env/parse_failure_rate"] == [0.0] * 8  # the mask leaves nothing else to say
     assert scalars["env/reward_mean"][-1] > scalars["env/reward_mean"][0]

@@ -36,8 +36,10 @@ def test_to_pairs_renders_the_answer_as_the_template_writes_it(smollm2_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    rows = [{"prompt": [{"role": "user", "content": "Say hi."}], "completion": [{"role": "assistant",
-                                                                                 "content": "Hi!"}]}, {"text": "plain"}]
+    rows = [
+        {"prompt": [{"role": "user", "content": "Say hi."}], "completion": [{"role": "assistant", "content": "Hi!"}]},
+        {"text": "plain"},
+    ]
     (context, target), plain = privacy.to_pairs(rows, tok)
     assert context.endswith("<|im_start|>assistant\n") and "Say hi." in context
     assert target.startswith("Hi!<|im_end|>")
@@ -48,9 +50,32 @@ def _random_texts(rng, n, vocab):
     return [" ".join(rng.choice(vocab, size=12)) for _ in range(n)]
 
 
-VOCAB = ["river", "stone", "lamp", "orange", "violin", "cloud", "seven", "market", "ladder", "quiet", "copper",
-         "window", "garden", "thunder", "pencil", "harbor", "basket", "silver", "meadow", "engine", "candle", "forest",
-         "mirror", "planet"]
+VOCAB = [
+    "river",
+    "stone",
+    "lamp",
+    "orange",
+    "violin",
+    "cloud",
+    "seven",
+    "market",
+    "ladder",
+    "quiet",
+    "copper",
+    "window",
+    "garden",
+    "thunder",
+    "pencil",
+    "harbor",
+    "basket",
+    "silver",
+    "meadow",
+    "engine",
+    "candle",
+    "forest",
+    "mirror",
+    "planet",
+]
 
 
 def test_membership_auc_near_one_when_the_model_memorised_its_members(tiny_model_dir):
@@ -73,8 +98,9 @@ def test_membership_auc_near_one_when_the_model_memorised_its_members(tiny_model
         opt.zero_grad()
     pairs = privacy.to_pairs([{"text": t} for t in members + others], tok)
     scores = privacy.membership_scores(model, tok, pairs, batch_size=4)
-    report = privacy.membership_auc({k: v[:8] for k, v in scores.items()}, {k: v[8:] for k, v in scores.items()},
-                                    iters=200)
+    report = privacy.membership_auc(
+        {k: v[:8] for k, v in scores.items()}, {k: v[8:] for k, v in scores.items()}, iters=200
+    )
     assert report["neg_loss"]["auc"] >= 0.95
     assert report["min_k"]["auc"] >= 0.9
     assert report["neg_loss"]["mean_member"] > report["neg_loss"]["mean_non_member"]
@@ -89,8 +115,9 @@ def test_membership_auc_near_half_for_an_untrained_model(tiny_model_dir):
     rng = np.random.default_rng(1)
     texts = _random_texts(rng, 120, VOCAB)  # "members" and "non-members" are the same kind of text, never trained on
     scores = privacy.membership_scores(model, tok, privacy.to_pairs([{"text": t} for t in texts], tok), batch_size=16)
-    report = privacy.membership_auc({k: v[:60] for k, v in scores.items()}, {k: v[60:] for k, v in scores.items()},
-                                    iters=200)
+    report = privacy.membership_auc(
+        {k: v[:60] for k, v in scores.items()}, {k: v[60:] for k, v in scores.items()}, iters=200
+    )
     for signal in ("neg_loss", "min_k"):
         auc, (low, high) = report[signal]["auc"], report[signal]["ci95"]
         assert 0.35 < auc < 0.65  # chance, give or take ~3 standard errors at 60 vs 60
@@ -104,8 +131,9 @@ def test_token_logprobs_score_only_the_target(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     target = " the answer"
     n_target = len(tok(target, add_special_tokens=False)["input_ids"])
-    short, long = privacy.token_logprobs(model, tok, [("Q:", target), ("A much longer question here:", target)],
-                                         batch_size=2)
+    short, long = privacy.token_logprobs(
+        model, tok, [("Q:", target), ("A much longer question here:", target)], batch_size=2
+    )
     assert len(short) == len(long) == n_target  # padding and context length do not change what is scored
     alone = privacy.token_logprobs(model, tok, [("Q:", target)], batch_size=1)[0]
     np.testing.assert_allclose(alone, short, atol=1e-4)  # right padding in a batch changes nothing
@@ -113,8 +141,10 @@ def test_token_logprobs_score_only_the_target(tiny_model_dir):
 
 def test_read_rows_accepts_the_usual_formats(tmp_path):
     path = tmp_path / "rows.jsonl"
-    path.write_text('{"text": "a"}\n{"instruction": "Do", "input": "x", "response": "ok"}\n'
-                    '{"prompt": "p", "completion": "c"}\n', encoding="utf-8")
+    path.write_text(
+        '{"text": "a"}\n{"instruction": "Do", "input": "x", "response": "ok"}\n{"prompt": "p", "completion": "c"}\n',
+        encoding="utf-8",
+    )
     rows = privacy.read_rows(path)
     assert rows[0] == {"text": "a"}
     assert rows[1]["prompt"][0]["content"] == "Do\n\nx" and rows[1]["completion"][0]["content"] == "ok"

@@ -16,14 +16,43 @@ DATA = ROOT / "tests" / "fixtures" / "sft_dataset"
 RECIPE = ROOT / "recipes" / "smollm2-135m" / "sft" / "config_lora.yaml"
 QLORA_RECIPE = ROOT / "recipes" / "smollm2-135m" / "sft" / "config_qlora.yaml"
 # Small, fast, deterministic runs: no checkpoints, no tensorboard, no eval unless a test asks for it.
-FAST = ["--save_strategy", "no", "--eval_strategy", "no", "--test_split_size", "0", "--report_to", "none",
-        "--warmup_steps", "0", "--lr_scheduler_type", "constant", "--max_length", "128",
-        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--dataloader_pin_memory", "false"]
+FAST = [
+    "--save_strategy",
+    "no",
+    "--eval_strategy",
+    "no",
+    "--test_split_size",
+    "0",
+    "--report_to",
+    "none",
+    "--warmup_steps",
+    "0",
+    "--lr_scheduler_type",
+    "constant",
+    "--max_length",
+    "128",
+    "--per_device_train_batch_size",
+    "4",
+    "--gradient_accumulation_steps",
+    "1",
+    "--dataloader_pin_memory",
+    "false",
+]
 
 
 def _args(model: str, out: Path, *extra: str, recipe: Path = RECIPE) -> list[str]:
-    return ["--config", str(recipe), "--model_name_or_path", model, "--dataset_name", str(DATA),
-            "--output_dir", str(out), *FAST, *extra]
+    return [
+        "--config",
+        str(recipe),
+        "--model_name_or_path",
+        model,
+        "--dataset_name",
+        str(DATA),
+        "--output_dir",
+        str(out),
+        *FAST,
+        *extra,
+    ]
 
 
 def _train(argv: list[str]):
@@ -62,8 +91,22 @@ def _logits(model, tokenizer):
 def tiny_run(tiny_model_dir, tmp_path_factory):
     """Ten LoRA steps on the tiny Llama at a high learning rate, with a merged copy and a held-out eval split."""
     out = tmp_path_factory.mktemp("sft-tiny")
-    final, seen = _train(_args(tiny_model_dir, out, "--max_steps", "10", "--learning_rate", "1e-2",
-                               "--test_split_size", "0.2", "--eval_on_start", "true", "--save_merged", "true"))
+    final, seen = _train(
+        _args(
+            tiny_model_dir,
+            out,
+            "--max_steps",
+            "10",
+            "--learning_rate",
+            "1e-2",
+            "--test_split_size",
+            "0.2",
+            "--eval_on_start",
+            "true",
+            "--save_merged",
+            "true",
+        )
+    )
     return out, final, seen
 
 
@@ -111,9 +154,22 @@ def test_saved_adapter_reloads_with_peft_and_changes_outputs(tiny_run, tiny_mode
 
 
 def test_lora_on_embedded_model_lowers_loss(smollm2_dir, tmp_path):
-    final, seen = _train(_args("smollm2-135m", tmp_path, "--max_steps", "4", "--learning_rate", "1e-3",
-                               "--per_device_train_batch_size", "2", "--test_split_size", "0.1",
-                               "--eval_on_start", "true"))
+    final, seen = _train(
+        _args(
+            "smollm2-135m",
+            tmp_path,
+            "--max_steps",
+            "4",
+            "--learning_rate",
+            "1e-3",
+            "--per_device_train_batch_size",
+            "2",
+            "--test_split_size",
+            "0.1",
+            "--eval_on_start",
+            "true",
+        )
+    )
     assert final is not None and (final / "adapter_model.safetensors").exists()
     assert len(seen.losses) == 4 and seen.losses[-1] < seen.losses[0], seen.losses
     assert len(seen.evals) == 2 and seen.evals[1] < seen.evals[0], seen.evals  # held-out rows, before/after
@@ -125,11 +181,22 @@ def test_completion_only_mask_covers_the_answer_only(tiny_model_dir, tmp_path):
     from teams_rl.sft.train import build_trainer
 
     rows = tmp_path / "one.jsonl"
-    rows.write_text(json.dumps({"instruction": "Add the two numbers.", "input": "17 and 25",
-                                "response": "17 + 25 = 42."}) + "\n")
-    (script, training, model, mixture), _ = parse(["--config", str(RECIPE), "--model_name_or_path", tiny_model_dir,
-                                                   "--dataset_name", str(rows), "--output_dir", str(tmp_path / "o"),
-                                                   *FAST])
+    rows.write_text(
+        json.dumps({"instruction": "Add the two numbers.", "input": "17 and 25", "response": "17 + 25 = 42."}) + "\n"
+    )
+    (script, training, model, mixture), _ = parse(
+        [
+            "--config",
+            str(RECIPE),
+            "--model_name_or_path",
+            tiny_model_dir,
+            "--dataset_name",
+            str(rows),
+            "--output_dir",
+            str(tmp_path / "o"),
+            *FAST,
+        ]
+    )
     trainer, sources, template, _ = build_trainer(script, training, model, mixture)
     assert template == "model's own" and sources[0]["kind"] == "file"
     batch = trainer.data_collator([trainer.train_dataset[0]])
@@ -148,8 +215,9 @@ def test_completion_only_mask_covers_the_answer_only(tiny_model_dir, tmp_path):
 
 def test_qlora_4bit_base_trains_on_cpu(tiny_model_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
-    final, seen = _train(_args(tiny_model_dir, tmp_path, "--max_steps", "2", "--learning_rate", "1e-2",
-                               recipe=QLORA_RECIPE))
+    final, seen = _train(
+        _args(tiny_model_dir, tmp_path, "--max_steps", "2", "--learning_rate", "1e-2", recipe=QLORA_RECIPE)
+    )
     linear4bit = [type(m).__name__ for m in seen.models[0].modules() if type(m).__name__ == "Linear4bit"]
     assert linear4bit, "the base was not loaded in 4 bit"
     assert len(seen.losses) == 2 and all(loss == loss for loss in seen.losses)  # finite, not NaN
@@ -160,8 +228,9 @@ def test_qlora_4bit_base_trains_on_cpu(tiny_model_dir, tmp_path):
 def test_full_fine_tune_saves_a_model(tiny_model_dir, tmp_path):
     from teams_rl.sft.weights import verify_weights
 
-    final, seen = _train(_args(tiny_model_dir, tmp_path, "--max_steps", "2", "--use_peft", "false",
-                               "--learning_rate", "1e-3"))
+    final, seen = _train(
+        _args(tiny_model_dir, tmp_path, "--max_steps", "2", "--use_peft", "false", "--learning_rate", "1e-3")
+    )
     assert final == tmp_path / "model" and (final / "config.json").exists()
     assert verify_weights(final) > 3_000_000  # every weight, not an adapter
     assert "full fine-tune" in (final / "README.md").read_text()
@@ -198,9 +267,16 @@ def test_resume_from_last_checkpoint_then_skip_when_complete(tiny_model_dir, tmp
 
 def test_accelerate_launch_with_cpu_config(tiny_model_dir, tmp_path):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "accelerate_configs" / "cpu.yaml"), "-m", "teams_rl.sft",
-           *_args(tiny_model_dir, tmp_path, "--max_steps", "2")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu.yaml"),
+        "-m",
+        "teams_rl.sft",
+        *_args(tiny_model_dir, tmp_path, "--max_steps", "2"),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
@@ -208,8 +284,9 @@ def test_accelerate_launch_with_cpu_config(tiny_model_dir, tmp_path):
 
 
 # --- recipes and accelerate configs ------------------------------------------------------------------------------
-@pytest.mark.parametrize("recipe", sorted(ROOT.glob("recipes/*/sft/*.yaml")), ids=lambda p: p.parent.parent.name
-                         + "/" + p.name)
+@pytest.mark.parametrize(
+    "recipe", sorted(ROOT.glob("recipes/*/sft/*.yaml")), ids=lambda p: p.parent.parent.name + "/" + p.name
+)
 def test_every_sft_recipe_parses(recipe):
     from teams_rl.sft.args import parse
 
@@ -292,8 +369,10 @@ def test_empty_adapter_is_caught(tmp_path):
     save_file({}, str(tmp_path / "adapter_model.safetensors"))  # what LoRA under ZeRO-3 saves without gathering
     with pytest.raises(TeamsRLError, match="holds no tensors.*zero3_save_16bit_model"):
         verify_weights(tmp_path)
-    save_file({"a.lora_A.weight": torch.zeros(0), "a.lora_B.weight": torch.ones(2, 2)},
-              str(tmp_path / "adapter_model.safetensors"))
+    save_file(
+        {"a.lora_A.weight": torch.zeros(0), "a.lora_B.weight": torch.ones(2, 2)},
+        str(tmp_path / "adapter_model.safetensors"),
+    )
     with pytest.raises(TeamsRLError, match="1 empty tensors"):
         verify_weights(tmp_path)
     save_file({"a.lora_A.weight": torch.ones(2, 3)}, str(tmp_path / "adapter_model.safetensors"))

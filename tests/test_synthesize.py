@@ -11,7 +11,11 @@ from teams_rl.synthesize import run as synth_mod
 from tests.scripted import make_backend
 
 SEEDS = [
-    {"id": f"t{i:02d}", "instruction": f"Explain idea number {i} to a beginner.", "input": "x = 1" if i % 4 == 0 else ""}
+    {
+        "id": f"t{i:02d}",
+        "instruction": f"Explain idea number {i} to a beginner.",
+        "input": "x = 1" if i % 4 == 0 else "",
+    }
     for i in range(10)
 ]
 
@@ -31,8 +35,19 @@ def backend(monkeypatch):
 
 
 def run(seeds_file, out, *extra):
-    argv = ["--dataset_name", str(seeds_file), "--output_dir", str(out), "--depth", "2", "--chunk_size", "3",
-            "--reviewer_modes", "judge_logprob:1", *extra]
+    argv = [
+        "--dataset_name",
+        str(seeds_file),
+        "--output_dir",
+        str(out),
+        "--depth",
+        "2",
+        "--chunk_size",
+        "3",
+        "--reviewer_modes",
+        "judge_logprob:1",
+        *extra,
+    ]
     return synth_mod.main(argv)
 
 
@@ -45,12 +60,30 @@ def test_writes_dataset_with_lineage(seeds_file, tmp_path, backend):
     assert saved["rows"] == summary["rows"]
     # every step is either a row or a rejected rewrite: nothing silently lost
     assert summary["steps"] == len(SEEDS) * 2
-    assert len(rows) + sum(1 for r in rejected if r["stage"] == "rewrite") + sum(
-        1 for r in rejected if r["stage"] == "answer") == summary["steps"]
+    assert (
+        len(rows)
+        + sum(1 for r in rejected if r["stage"] == "rewrite")
+        + sum(1 for r in rejected if r["stage"] == "answer")
+        == summary["steps"]
+    )
     assert summary["eliminated"].get("no_gain", 0) > 0
     row = rows[0]
-    for key in ("instruction", "input", "response", "seed_id", "seed_instruction", "actions", "parent_instruction",
-                "reward", "score_judge_logprob", "policy", "expert_model", "run_seed", "depth", "step"):
+    for key in (
+        "instruction",
+        "input",
+        "response",
+        "seed_id",
+        "seed_instruction",
+        "actions",
+        "parent_instruction",
+        "reward",
+        "score_judge_logprob",
+        "policy",
+        "expert_model",
+        "run_seed",
+        "depth",
+        "step",
+    ):
         assert key in row, key
     assert row["policy"] == "random" and row["expert_model"] == "scripted"
     assert row["seed_instruction"] == next(s["instruction"] for s in SEEDS if s["id"] == row["seed_id"])

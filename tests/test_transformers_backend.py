@@ -132,13 +132,17 @@ def test_score_matches_hand_forward_and_ignores_batch(backend):
     assert alone.logprobs == pytest.approx(expected, abs=1e-4)
 
     # with mates of other lengths and other choice lengths (different padding and logits_to_keep)
-    mates = [ScoreRequest(PROMPTS[0], ("10", "No")), ScoreRequest(PROMPTS[4], ("a much longer answer choice here",)),
-             ScoreRequest(PROMPTS[5], ("Yes",))]
+    mates = [
+        ScoreRequest(PROMPTS[0], ("10", "No")),
+        ScoreRequest(PROMPTS[4], ("a much longer answer choice here",)),
+        ScoreRequest(PROMPTS[5], ("Yes",)),
+    ]
     batch = backend.score([mates[0], target, mates[1], mates[2]])
     assert batch[1].logprobs == pytest.approx(expected, abs=1e-4)
     assert batch[0].logprobs == pytest.approx([_hand_logprob(backend, PROMPTS[0], c) for c in ("10", "No")], abs=1e-4)
     assert batch[2].logprobs == pytest.approx(
-        [_hand_logprob(backend, PROMPTS[4], "a much longer answer choice here")], abs=1e-4)
+        [_hand_logprob(backend, PROMPTS[4], "a much longer answer choice here")], abs=1e-4
+    )
     assert batch[3].logprobs == pytest.approx([_hand_logprob(backend, PROMPTS[5], "Yes")], abs=1e-4)
     assert sum(alone.probs) == pytest.approx(1.0)
 
@@ -178,7 +182,9 @@ def test_folder_without_chat_template_falls_back_to_chatml(tiny_model_dir, tmp_p
     messages = _msgs("Name three colours.", system="Be brief.")
     res = backend.generate([GenerationRequest(messages, GREEDY)])[0]
     assert backend._tokenizer.chat_template == CHATML_TEMPLATE
-    chatml = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nName three colours.<|im_end|>\n" \
-             "<|im_start|>assistant\n"
+    chatml = (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nName three colours.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     assert res.prompt_tokens == len(tok(chatml, add_special_tokens=False)["input_ids"])
     assert Path(folder, "config.json").exists()

@@ -26,8 +26,22 @@ _HARMLESS_LOGS: dict[str, tuple[str, ...]] = {
     "lm_eval.evaluator": ("Overwriting default num_fewshot",),  # teams-rl sets each task's shots on purpose
 }
 # Loggers that narrate at INFO what the progress bars already show.
-_QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "sentence_transformers", "datasets", "urllib3", "accelerate",
-                  "DeepSpeed", "deepspeed", "bitsandbytes", "bitsandbytes.cextension", "lm_eval")
+_QUIET_LOGGERS = (
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "httpcore2",
+    "openai",
+    "sentence_transformers",
+    "datasets",
+    "urllib3",
+    "accelerate",
+    "DeepSpeed",
+    "deepspeed",
+    "bitsandbytes",
+    "bitsandbytes.cextension",
+    "lm_eval",
+)
 
 
 def prepare_process() -> None:
@@ -59,8 +73,11 @@ class _DropText(logging.Filter):
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=os.environ.get("TEAMS_RL_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=os.environ.get("TEAMS_RL_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in _QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -1,15 +1,15 @@
 """The run folder's layout, named once: every stage finds the others' outputs through these names.
 
-    runs/<name>/
-      config/<stage>.yaml   resolved recipes (secrets never included)
-      ledger.sqlite         every LLM call, per role
-      policy/               train-policy's trained instructor
-      dataset/              synthesis: datasets files + rows.jsonl, rejected.jsonl, summary.json
-      shards/i-of-N/        synthesis shards (merged into dataset/)
-      eval/                 results.json, results.md, metrics.json, plots/, tasks/
-      plots/                PNGs of the stage that owns the folder
-      hub.json              what `teams-rl push` uploaded where
-      pipeline.json         `teams-rl run`'s record of finished stages
+runs/<name>/
+  config/<stage>.yaml   resolved recipes (secrets never included)
+  ledger.sqlite         every LLM call, per role
+  policy/               train-policy's trained instructor
+  dataset/              synthesis: datasets files + rows.jsonl, rejected.jsonl, summary.json
+  shards/i-of-N/        synthesis shards (merged into dataset/)
+  eval/                 results.json, results.md, metrics.json, plots/, tasks/
+  plots/                PNGs of the stage that owns the folder
+  hub.json              what `teams-rl push` uploaded where
+  pipeline.json         `teams-rl run`'s record of finished stages
 """
 
 from __future__ import annotations

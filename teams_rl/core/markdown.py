@@ -16,8 +16,10 @@ def markdown_table(table) -> str:
 
     align = {"right": "---:", "center": ":---:"}
     columns = [[plain(c) for c in col.cells] for col in table.columns]
-    lines = ["| " + " | ".join(plain(c.header) for c in table.columns) + " |",
-             "|" + "|".join(align.get(c.justify, "---") for c in table.columns) + "|"]
+    lines = [
+        "| " + " | ".join(plain(c.header) for c in table.columns) + " |",
+        "|" + "|".join(align.get(c.justify, "---") for c in table.columns) + "|",
+    ]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in zip(*columns, strict=True)])
 
 
@@ -27,7 +29,12 @@ def render(template: str | Path, *, filters: dict | None = None, **context) -> s
     import jinja2
 
     template = Path(template)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(template.parent), trim_blocks=True, lstrip_blocks=True,
-                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(template.parent),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
     env.filters.update(filters or {})
     return re.sub(r"\n{3,}", "\n\n", env.get_template(template.name).render(**context))

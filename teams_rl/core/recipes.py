@@ -19,8 +19,13 @@ from teams_rl.core.errors import TeamsRLError
 
 ROLE_FIELDS: list[tuple[str, type, object, str]] = [
     ("model", str, "smollm2-135m", "Hub id, local folder, or an embedded model name (smollm2-135m)."),
-    ("backend", str, "transformers", "transformers (in-process), openai (any OpenAI-compatible server), or python "
-                                "(model: package.module:factory, a backend of your own)."),
+    (
+        "backend",
+        str,
+        "transformers",
+        "transformers (in-process), openai (any OpenAI-compatible server), or python "
+        "(model: package.module:factory, a backend of your own).",
+    ),
     ("base_url", str | None, None, "Server URL for the openai backend, e.g. http://localhost:8000/v1."),
     ("api_key_env", str, "OPENAI_API_KEY", "Name of the environment variable holding the API key (never the key)."),
     ("temperature", float, 0.7, "Sampling temperature; 0 means greedy."),
@@ -45,7 +50,7 @@ def inert_keys(dataclass_types: Sequence[type]) -> set[str]:
 
 
 def role_arguments(role: str, **defaults) -> type:
-    """A dataclass of ``<role>_<field>`` keys (model, backend, sampling, budget), one per role, so recipes stay flat."""
+    """A dataclass of ``<role>_<field>`` keys (model, backend, sampling, budget) for one role: recipes stay flat."""
     specs = []
     for name, typ, default, help_text in ROLE_FIELDS:
         value = defaults.get(name, default)
@@ -64,8 +69,9 @@ def _key_lines(path: Path) -> dict[str, int]:
         node = yaml.compose(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        raise TeamsRLError(f"invalid YAML: {getattr(err, 'problem', err)}", file=str(path),
-                           line=mark.line + 1 if mark else None) from None
+        raise TeamsRLError(
+            f"invalid YAML: {getattr(err, 'problem', err)}", file=str(path), line=mark.line + 1 if mark else None
+        ) from None
     except UnicodeDecodeError:
         raise TeamsRLError("recipe is not UTF-8 text", file=str(path)) from None
     if node is None:
@@ -125,8 +131,9 @@ def validate_recipe(path: str | Path, dataclass_types: Sequence[type]) -> dict:
         if key in inert_names:
             raise TeamsRLError("does nothing in teams-rl: remove it", file=str(path), line=lines.get(key), field=key)
         if not _check_type(value, known[key]):
-            raise TeamsRLError(f"expected {_type_name(known[key])}, got {value!r}", file=str(path),
-                               line=lines.get(key), field=key)
+            raise TeamsRLError(
+                f"expected {_type_name(known[key])}, got {value!r}", file=str(path), line=lines.get(key), field=key
+            )
     return config
 
 
@@ -134,8 +141,12 @@ def _type_name(typ) -> str:
     return re.sub(r"\btyping\.|<class '(\w+)'>", r"\1", str(typ))
 
 
-def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None, prog: str | None = None,
-               description: str | None = None):
+def parse_args(
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+):
     """Parse ``--config recipe.yaml`` plus CLI overrides into the dataclasses (CLI wins), via TRL's ``TrlParser``.
 
     Returns the dataclass instances and the recipe path (or None), and records where each key came from so

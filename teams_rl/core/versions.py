@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import importlib.metadata
 
-FRAMEWORKS = ("teams-rl", "trl", "transformers", "peft", "accelerate", "datasets", "torch", "deepspeed",
-              "bitsandbytes")
+FRAMEWORKS = (
+    "teams-rl",
+    "trl",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "torch",
+    "deepspeed",
+    "bitsandbytes",
+)
 
 
 def framework_versions() -> dict[str, str]:

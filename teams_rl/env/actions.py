@@ -104,11 +104,15 @@ class _Doc:
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
             line = mark.line + 1 if mark else None
-            raise TeamsRLError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=self.file, line=line) from None
+            raise TeamsRLError(
+                f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=self.file, line=line
+            ) from None
         except OSError as exc:
             raise TeamsRLError(f"cannot read: {exc.strerror}", file=self.file) from None
         if not isinstance(node, yaml.MappingNode):
-            raise TeamsRLError("expected a mapping of keys", file=self.file, line=node.start_mark.line + 1 if node else 1)
+            raise TeamsRLError(
+                "expected a mapping of keys", file=self.file, line=node.start_mark.line + 1 if node else 1
+            )
         self.lines = self._key_lines(node, "")
         self.top = node.start_mark.line + 1
         for key in self.lines:
@@ -157,12 +161,14 @@ class _Doc:
             if name is None:
                 continue
             if name not in allowed:
-                raise self.error(f"unknown placeholder {{{name}}}; allowed: {', '.join(f'{{{a}}}' for a in allowed)}",
-                                 "template")
+                raise self.error(
+                    f"unknown placeholder {{{name}}}; allowed: {', '.join(f'{{{a}}}' for a in allowed)}", "template"
+                )
             if spec or conversion:
                 written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-                raise self.error(f"placeholder {written} takes no conversion or format spec; write {{{name}}}",
-                                 "template")
+                raise self.error(
+                    f"placeholder {written} takes no conversion or format spec; write {{{name}}}", "template"
+                )
         used = {p[1] for p in parts}
         for name in required:
             if name not in used:
@@ -190,17 +196,24 @@ def _load_action(path: Path) -> tuple[Action, int]:
         for key in ("instruction", "rewrite"):
             if key not in item:
                 raise doc.error("missing required key", f"{where}.{key}")
-        parsed.append(Example(instruction=doc.text(item, "instruction", f"{where}.instruction"),
-                              rewrite=doc.text(item, "rewrite", f"{where}.rewrite"),
-                              input=doc.text(item, "input", f"{where}.input", required=False)))
+        parsed.append(
+            Example(
+                instruction=doc.text(item, "instruction", f"{where}.instruction"),
+                rewrite=doc.text(item, "rewrite", f"{where}.rewrite"),
+                input=doc.text(item, "input", f"{where}.input", required=False),
+            )
+        )
     name = doc.text(doc.data, "name", "name", one_line=True)
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise doc.error("must be lower_snake_case (letters, digits, _)", "name")
-    action = Action(name=name,
-                    description=doc.text(doc.data, "description", "description", one_line=True).strip(),
-                    system=doc.text(doc.data, "system", "system", required=False).strip(),
-                    template=doc.template(("instruction", "input"), ("instruction",)),
-                    examples=tuple(parsed), source=doc.file)
+    action = Action(
+        name=name,
+        description=doc.text(doc.data, "description", "description", one_line=True).strip(),
+        system=doc.text(doc.data, "system", "system", required=False).strip(),
+        template=doc.template(("instruction", "input"), ("instruction",)),
+        examples=tuple(parsed),
+        source=doc.file,
+    )
     return action, doc.lines["name"]
 
 
@@ -219,8 +232,12 @@ def load_actions(folder: str | Path | None = None, names: Sequence[str] | None =
     for path in files:
         action, line = _load_action(path)
         if action.name in by_name:
-            raise TeamsRLError(f"duplicate action name '{action.name}' (also in {by_name[action.name].source})",
-                               file=str(path), line=line, field="name")
+            raise TeamsRLError(
+                f"duplicate action name '{action.name}' (also in {by_name[action.name].source})",
+                file=str(path),
+                line=line,
+                field="name",
+            )
         by_name[action.name] = action
     rank = {n: i for i, n in enumerate(CANONICAL_ORDER)}
     ordered = sorted(by_name.values(), key=lambda a: (rank.get(a.name, len(rank)), a.name))
@@ -235,8 +252,12 @@ def load_actions(folder: str | Path | None = None, names: Sequence[str] | None =
     return [by_name[n] for n in names]
 
 
-def load_prompt(name: str, folder: str | Path | None = None, placeholders: Sequence[str] = ("original", "rewrite"),
-                required: Sequence[str] = ("rewrite",)) -> PromptSpec:
+def load_prompt(
+    name: str,
+    folder: str | Path | None = None,
+    placeholders: Sequence[str] = ("original", "rewrite"),
+    required: Sequence[str] = ("rewrite",),
+) -> PromptSpec:
     """A prompt file: ``judge``/``graded`` from the package's prompts/reviewer (or ``folder``), or a YAML path.
 
     ``placeholders`` are the names its template may use and ``required`` those it must use."""
@@ -251,7 +272,10 @@ def load_prompt(name: str, folder: str | Path | None = None, placeholders: Seque
         raise doc.error("must be a list of non-empty strings", "choices")
     if len({str(c) for c in choices}) != len(choices):
         raise doc.error("choices must be distinct", "choices")
-    return PromptSpec(name=str(doc.data.get("name") or path.stem),
-                      system=doc.text(doc.data, "system", "system", required=False).strip(),
-                      template=doc.template(tuple(placeholders), tuple(required)),
-                      choices=tuple(str(c) for c in choices), source=doc.file)
+    return PromptSpec(
+        name=str(doc.data.get("name") or path.stem),
+        system=doc.text(doc.data, "system", "system", required=False).strip(),
+        template=doc.template(tuple(placeholders), tuple(required)),
+        choices=tuple(str(c) for c in choices),
+        source=doc.file,
+    )

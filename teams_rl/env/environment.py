@@ -107,38 +107,61 @@ class EvolutionEnv:
         run_seed: mixed into every request's seed with the row id and step.
     """
 
-    def __init__(self, actions: dict[str, Action], rewriter: RoleClient, reviewer: Reviewer,
-                 sampling: SamplingParams, run_seed: int = 0):
+    def __init__(
+        self,
+        actions: dict[str, Action],
+        rewriter: RoleClient,
+        reviewer: Reviewer,
+        sampling: SamplingParams,
+        run_seed: int = 0,
+    ):
         self.actions, self.rewriter, self.reviewer = actions, rewriter, reviewer
         self.sampling, self.run_seed = sampling, run_seed
 
     def step(self, states: Sequence[State], actions: Sequence[str]) -> list[Transition]:
         requests = [
-            GenerationRequest(self.actions[a].render(s.instruction, s.input), self.sampling,
-                              seed=derive_seed(self.run_seed, s.seed_id, s.step, "rewrite"))
+            GenerationRequest(
+                self.actions[a].render(s.instruction, s.input),
+                self.sampling,
+                seed=derive_seed(self.run_seed, s.seed_id, s.step, "rewrite"),
+            )
             for s, a in zip(states, actions, strict=True)
         ]
         results = self.rewriter.generate(requests)
         transitions, survivors = [], []
         for state, action, result in zip(states, actions, results, strict=True):
             instruction, new_input = parse_rewrite(result.text) if result.ok else ("", "")
-            t = Transition(state, action, replace(state, step=state.step + 1), result.text,
-                           finish_reason=result.finish_reason)
+            t = Transition(
+                state, action, replace(state, step=state.step + 1), result.text, finish_reason=result.finish_reason
+            )
             t.eliminated = screen(instruction, result.finish_reason) if result.ok else LLM_ERROR
             # an action that does not produce an input keeps the parent's
             kept_input = new_input or state.input
             if t.eliminated is None and _normalise(format_rewrite(instruction, kept_input)) == _normalise(
-                    format_rewrite(state.instruction, state.input)):
+                format_rewrite(state.instruction, state.input)
+            ):
                 t.eliminated = NO_GAIN
             if t.eliminated is None:
-                t.next_state = State(state.seed_id, instruction, kept_input, state.depth + 1, state.step + 1,
-                                     (*state.actions, action), (*state.lineage, state.instruction))
+                t.next_state = State(
+                    state.seed_id,
+                    instruction,
+                    kept_input,
+                    state.depth + 1,
+                    state.step + 1,
+                    (*state.actions, action),
+                    (*state.lineage, state.instruction),
+                )
                 survivors.append(t)
             transitions.append(t)
-        items = [ReviewItem(format_rewrite(t.state.instruction, t.state.input),
-                            format_rewrite(t.next_state.instruction, t.next_state.input), t.state.lineage,
-                            seed=derive_seed(self.run_seed, t.state.seed_id, t.state.step, "review"))
-                 for t in survivors]
+        items = [
+            ReviewItem(
+                format_rewrite(t.state.instruction, t.state.input),
+                format_rewrite(t.next_state.instruction, t.next_state.input),
+                t.state.lineage,
+                seed=derive_seed(self.run_seed, t.state.seed_id, t.state.step, "review"),
+            )
+            for t in survivors
+        ]
         for t, review in zip(survivors, self.reviewer.review(items), strict=True):
             t.review = review
             if review.gain is not True:

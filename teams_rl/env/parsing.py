@@ -14,18 +14,43 @@ INPUT_LABEL = "Input:"  # a rewrite is "<instruction>\n\nInput:\n<input>" when i
 
 # Longer phrases first, so "not equal" wins over "equal" and "not different" over "different".
 _VERDICTS: tuple[tuple[str, bool], ...] = (
-    (r"not\s+different", False), (r"no\s+different", False),
-    (r"not\s+(?:the\s+)?same", True), (r"not\s+equal", True), (r"not\s+identical", True),
-    (r"unequal", True), (r"different", True), (r"differs?", True), (r"yes", True), (r"true", True),
-    (r"equal", False), (r"same", False), (r"identical", False), (r"no", False), (r"false", False),
+    (r"not\s+different", False),
+    (r"no\s+different", False),
+    (r"not\s+(?:the\s+)?same", True),
+    (r"not\s+equal", True),
+    (r"not\s+identical", True),
+    (r"unequal", True),
+    (r"different", True),
+    (r"differs?", True),
+    (r"yes", True),
+    (r"true", True),
+    (r"equal", False),
+    (r"same", False),
+    (r"identical", False),
+    (r"no", False),
+    (r"false", False),
 )
 _VERDICT_RE = re.compile(r"\b(?:" + "|".join(f"({p})" for p, _ in _VERDICTS) + r")\b")
 _STRONG = {"yes", "no", "true", "false"}
 # "Answer: ...", and "Yes or No: ..." when a model echoes the question's format before answering
-_LABEL_RE = re.compile(r"^\s*(?:(?:final\s+)?(?:answer|verdict|judge?ment|decision|result|output|response)"
-                       r"|yes\s*(?:or|/)\s*no)\s*[:=-]\s*")
-_JSON_KEYS = ("answer", "verdict", "judgement", "judgment", "decision", "result", "label", "output",
-              "score", "rating", "grade", "value")
+_LABEL_RE = re.compile(
+    r"^\s*(?:(?:final\s+)?(?:answer|verdict|judge?ment|decision|result|output|response)"
+    r"|yes\s*(?:or|/)\s*no)\s*[:=-]\s*"
+)
+_JSON_KEYS = (
+    "answer",
+    "verdict",
+    "judgement",
+    "judgment",
+    "decision",
+    "result",
+    "label",
+    "output",
+    "score",
+    "rating",
+    "grade",
+    "value",
+)
 
 
 def _json_value(text: str) -> object | None:
@@ -80,8 +105,10 @@ def parse_judgement(text: str) -> bool | None:
 _NUMBER = r"(?<![\d.])(-?\d+(?:\.\d+)?)"
 _NUMBER_WORDS = "zero one two three four five six seven eight nine ten"
 _WORDS = {w: i for i, w in enumerate(_NUMBER_WORDS.split())}
-_SCALE_RE = re.compile(r"(?:scale|range)\s+(?:of\s+|from\s+)?\d+\s*(?:to|-|–)\s*\d+|\bfrom\s+\d+\s+to\s+\d+|"
-                       r"\(\s*\d+\s*(?:-|–|to)\s*\d+\s*\)")
+_SCALE_RE = re.compile(
+    r"(?:scale|range)\s+(?:of\s+|from\s+)?\d+\s*(?:to|-|–)\s*\d+|\bfrom\s+\d+\s+to\s+\d+|"
+    r"\(\s*\d+\s*(?:-|–|to)\s*\d+\s*\)"
+)
 _LABEL = r"\b(?:score|rating|rated?|grade|give\s+it|give\s+this|deserves?|assigns?)\b[^\d\n]{0,30}?"
 _LABELLED_DIGIT_RE = re.compile(_LABEL + _NUMBER)
 _LABELLED_WORD_RE = re.compile(_LABEL + r"\b(" + "|".join(_WORDS) + r")\b")
@@ -139,8 +166,9 @@ _PREAMBLE_RE = re.compile(
     re.I,
 )
 _GREETING_RE = re.compile(r"^(?:sure|certainly|of course|okay|ok|absolutely)[!.,]*[ \t]*(?:\n|$)", re.I)
-_TRAILER_RE = re.compile(r"\n\s*(?:i\s+hope\s+this\s+helps|hope\s+this\s+helps|let\s+me\s+know|feel\s+free)\b[^\n]*$",
-                         re.I)
+_TRAILER_RE = re.compile(
+    r"\n\s*(?:i\s+hope\s+this\s+helps|hope\s+this\s+helps|let\s+me\s+know|feel\s+free)\b[^\n]*$", re.I
+)
 _INPUT_RE = re.compile(r"^[ \t]*[#*]*[ \t]*input[ \t]*[#*]*[ \t]*:[#*]*[ \t]*", re.I | re.M)
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’"}
 
@@ -173,7 +201,7 @@ def parse_rewrite(text: str) -> tuple[str, str]:
     match = _INPUT_RE.search(text)
     if not match:
         return _unquote(text), ""
-    return _unquote(text[: match.start()]), text[match.end():].strip()
+    return _unquote(text[: match.start()]), text[match.end() :].strip()
 
 
 def format_rewrite(instruction: str, input: str = "") -> str:
@@ -199,8 +227,18 @@ _STOPWORD_TEXT = (
     "than s t don doesn didn isn aren wasn weren ok okay"
 )
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-_TEMPLATE_WORDS = ("given prompt", "rewritten prompt", "#rewritten", "rewritten instruction", "original instruction",
-                   "the prompt above", "original prompt", "created prompt", "#given prompt", "#created prompt")
+_TEMPLATE_WORDS = (
+    "given prompt",
+    "rewritten prompt",
+    "#rewritten",
+    "rewritten instruction",
+    "original instruction",
+    "the prompt above",
+    "original prompt",
+    "created prompt",
+    "#given prompt",
+    "#created prompt",
+)
 
 
 def is_refusal(text: str, max_words: int = 80) -> bool:

@@ -81,8 +81,16 @@ class Reviewer:
         sampling: decoding of the text modes (``judge``, ``graded``); greedy and short by default.
     """
 
-    def __init__(self, client: RoleClient | None, weights: dict[str, float], *, embedder=None,
-                 gain_threshold: float = 0.5, min_novelty: float = 0.05, sampling: SamplingParams = VERDICT):
+    def __init__(
+        self,
+        client: RoleClient | None,
+        weights: dict[str, float],
+        *,
+        embedder=None,
+        gain_threshold: float = 0.5,
+        min_novelty: float = 0.05,
+        sampling: SamplingParams = VERDICT,
+    ):
         from teams_rl.env.actions import load_prompt
 
         self.client, self.weights, self.embedder = client, weights, embedder
@@ -130,7 +138,8 @@ class Reviewer:
 
     def _judge(self, items):
         replies = self.client.generate(
-            [GenerationRequest(self._judge_messages(it), self.sampling, seed=it.seed) for it in items])
+            [GenerationRequest(self._judge_messages(it), self.sampling, seed=it.seed) for it in items]
+        )
         verdicts = [parse_judgement(r.text) if r.ok else None for r in replies]
         return [None if v is None else float(v) for v in verdicts], [v is None for v in verdicts]
 
@@ -142,7 +151,8 @@ class Reviewer:
 
     def _graded(self, items):
         replies = self.client.generate(
-            [GenerationRequest(self._graded_messages(it), self.sampling, seed=it.seed) for it in items])
+            [GenerationRequest(self._graded_messages(it), self.sampling, seed=it.seed) for it in items]
+        )
         grades = [parse_grade(r.text) if r.ok else None for r in replies]
         return [None if g is None else (g - 1) / 9 for g in grades], [g is None for g in grades]
 
@@ -167,8 +177,9 @@ class Reviewer:
         import numpy as np
 
         texts = list(dict.fromkeys(t for it in items for t in (it.rewrite, it.original, *it.ancestors)))
-        vectors = self.embedder.encode(texts, normalize_embeddings=True, convert_to_numpy=True,
-                                       show_progress_bar=False)
+        vectors = self.embedder.encode(
+            texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         index = dict(zip(texts, vectors, strict=True))
         values = []
         for it in items:

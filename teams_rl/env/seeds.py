@@ -225,7 +225,7 @@ def load_seeds(
     max_chars: int = 20_000,
     limit: int | None = None,
 ) -> list[Seed]:
-    """Read seed instructions from ``source`` (``"builtin"`` = the shipped seeds), mapping its columns onto :class:`Seed`.
+    """Read seed instructions from ``source`` (``"builtin"``: the shipped seeds), its columns mapped onto ``Seed``.
 
     A missing or null input reads as ""; without an id column a row's id is a hash of its content, so ids stay
     stable when the file is reordered. Exact (instruction, input) duplicates are dropped with a warning (the first

@@ -30,10 +30,16 @@ def review_counts(rows: Sequence[dict], rejected: Sequence[dict], summary: dict)
     tried = summary.get("steps") or answered + len(rewrite_stage)
     no_gain = sum(1 for r in rewrite_stage if r.get("reason") == NO_GAIN)
     reviewed = answered + no_gain
-    return {"rewrites_tried": tried, "rule_eliminated": len(rewrite_stage) - no_gain, "reviewed": reviewed,
-            "reviewer_accepted": answered, "reviewer_acceptance": answered / reviewed if reviewed else None,
-            "answers_eliminated": answered - len(rows), "kept": len(rows),
-            "kept_rate": len(rows) / tried if tried else None}
+    return {
+        "rewrites_tried": tried,
+        "rule_eliminated": len(rewrite_stage) - no_gain,
+        "reviewed": reviewed,
+        "reviewer_accepted": answered,
+        "reviewer_acceptance": answered / reviewed if reviewed else None,
+        "answers_eliminated": answered - len(rows),
+        "kept": len(rows),
+        "kept_rate": len(rows) / tried if tried else None,
+    }
 
 
 def _summary_calls(summary: dict) -> list[dict]:
@@ -49,8 +55,11 @@ def query_counts(rows: int, summary: dict, ledger_path: Path | None) -> dict:
     per_role: Counter = Counter()
     for entry in _summary_calls(summary):
         per_role[entry["role"]] += entry.get("new", 0) + entry.get("cached", 0)
-    out: dict = {"synthesis": {role: {"calls": n, "per_row": n / rows if rows else None}
-                               for role, n in sorted(per_role.items())}}
+    out: dict = {
+        "synthesis": {
+            role: {"calls": n, "per_row": n / rows if rows else None} for role, n in sorted(per_role.items())
+        }
+    }
     if ledger_path is not None and ledger_path.is_file():
         from teams_rl.llm.ledger import Ledger
 
@@ -59,41 +68,70 @@ def query_counts(rows: int, summary: dict, ledger_path: Path | None) -> dict:
             totals = ledger.totals()
         finally:
             ledger.close()
-        out["ledger"] = {"path": str(ledger_path), "roles": {
-            role: {"calls": t.calls, "tokens": t.tokens, "calls_per_row": t.calls / rows if rows else None,
-                   "tokens_per_row": t.tokens / rows if rows else None} for role, t in sorted(totals.items())}}
+        out["ledger"] = {
+            "path": str(ledger_path),
+            "roles": {
+                role: {
+                    "calls": t.calls,
+                    "tokens": t.tokens,
+                    "calls_per_row": t.calls / rows if rows else None,
+                    "tokens_per_row": t.tokens / rows if rows else None,
+                }
+                for role, t in sorted(totals.items())
+            },
+        }
     return out
 
 
-def dataset_metrics(rows: Sequence[dict], rejected: Sequence[dict], summary: dict, *, instruction_embeddings=None,
-                    response_embeddings=None, ledger_path: Path | None = None, rouge_threshold: float = 0.7,
-                    cosine_threshold: float = 0.9) -> dict:
+def dataset_metrics(
+    rows: Sequence[dict],
+    rejected: Sequence[dict],
+    summary: dict,
+    *,
+    instruction_embeddings=None,
+    response_embeddings=None,
+    ledger_path: Path | None = None,
+    rouge_threshold: float = 0.7,
+    cosine_threshold: float = 0.9,
+) -> dict:
     """Every dataset metric as one JSON-able dict. Embedding-based entries are skipped when no embeddings are given."""
     prompts = [user_content(r.get("instruction", ""), r.get("input") or "") for r in rows]
     responses = [r.get("response", "") for r in rows]
     score_columns = sorted({k for r in rows for k in r if k.startswith("score_")})
     reasons = _count(r.get("reason") for r in rejected) or dict(summary.get("eliminated") or {})
     out = {
-        "rows": len(rows), "rejected": len(rejected), "seeds": len({r.get("seed_id") for r in rows}),
-        "lengths_words": {"instruction": summary_stats([len(p.split()) for p in prompts]),
-                          "response": summary_stats([len(t.split()) for t in responses])},
-        "actions": {"kept": _count(r["actions"][-1] for r in rows if r.get("actions")),
-                    "eliminated": _count(r["action"] for r in rejected if r.get("action")),
-                    "in_lineage": _count(a for r in rows for a in r.get("actions") or [])},
+        "rows": len(rows),
+        "rejected": len(rejected),
+        "seeds": len({r.get("seed_id") for r in rows}),
+        "lengths_words": {
+            "instruction": summary_stats([len(p.split()) for p in prompts]),
+            "response": summary_stats([len(t.split()) for t in responses]),
+        },
+        "actions": {
+            "kept": _count(r["actions"][-1] for r in rows if r.get("actions")),
+            "eliminated": _count(r["action"] for r in rejected if r.get("action")),
+            "in_lineage": _count(a for r in rows for a in r.get("actions") or []),
+        },
         "depth": {str(k): v for k, v in sorted(Counter(r["depth"] for r in rows if "depth" in r).items())},
         "review": review_counts(rows, rejected, summary),
         "scores": {c.removeprefix("score_"): summary_stats([r.get(c) for r in rows]) for c in score_columns},
         "eliminated": reasons,
-        "diversity": {"distinct_1_instruction": distinct_n(prompts, 1), "distinct_2_instruction": distinct_n(prompts, 2),
-                      "distinct_1_response": distinct_n(responses, 1), "distinct_2_response": distinct_n(responses, 2)},
+        "diversity": {
+            "distinct_1_instruction": distinct_n(prompts, 1),
+            "distinct_2_instruction": distinct_n(prompts, 2),
+            "distinct_1_response": distinct_n(responses, 1),
+            "distinct_2_response": distinct_n(responses, 2),
+        },
         "queries": query_counts(len(rows), summary, ledger_path),
     }
     if instruction_embeddings is not None:
         out["diversity"]["vendi_instruction"] = vendi_score(instruction_embeddings)
-        dups = near_duplicates(prompts, instruction_embeddings, rouge_threshold=rouge_threshold,
-                               cosine_threshold=cosine_threshold)
-        dups["pairs"] = [{**p, "a": rows[p["a"]].get("id", p["a"]), "b": rows[p["b"]].get("id", p["b"])}
-                         for p in dups["pairs"]]
+        dups = near_duplicates(
+            prompts, instruction_embeddings, rouge_threshold=rouge_threshold, cosine_threshold=cosine_threshold
+        )
+        dups["pairs"] = [
+            {**p, "a": rows[p["a"]].get("id", p["a"]), "b": rows[p["b"]].get("id", p["b"])} for p in dups["pairs"]
+        ]
         out["near_duplicates"] = {"rouge_l_threshold": rouge_threshold, "cosine_threshold": cosine_threshold, **dups}
     if response_embeddings is not None:
         out["diversity"]["vendi_response"] = vendi_score(response_embeddings)
@@ -109,7 +147,7 @@ def _ledger_for(folder: Path) -> Path | None:
 
 
 def compute(dataset: str | Path, *, embedding_model: str | None = "minilm", batch_size: int = 64) -> tuple[dict, list]:
-    """Load a dataset folder, embed its instructions and responses, and compute the metrics. Returns (metrics, rows)."""
+    """Load a dataset folder, embed its instructions and responses, compute the metrics; returns (metrics, rows)."""
     folder = Path(dataset)
     rows, rejected, summary = load_rows(folder)
     inst_emb = resp_emb = None
@@ -117,12 +155,22 @@ def compute(dataset: str | Path, *, embedding_model: str | None = "minilm", batc
         from teams_rl.llm.embeddings import load_embedder
 
         embedder = load_embedder(embedding_model)
-        encode = {"normalize_embeddings": True, "convert_to_numpy": True, "batch_size": batch_size,
-                      "show_progress_bar": len(rows) > 256}
+        encode = {
+            "normalize_embeddings": True,
+            "convert_to_numpy": True,
+            "batch_size": batch_size,
+            "show_progress_bar": len(rows) > 256,
+        }
         inst_emb = embedder.encode([user_content(r["instruction"], r.get("input") or "") for r in rows], **encode)
         resp_emb = embedder.encode([r.get("response", "") for r in rows], **encode)
-    metrics = dataset_metrics(rows, rejected, summary, instruction_embeddings=inst_emb, response_embeddings=resp_emb,
-                              ledger_path=_ledger_for(folder.resolve()))
+    metrics = dataset_metrics(
+        rows,
+        rejected,
+        summary,
+        instruction_embeddings=inst_emb,
+        response_embeddings=resp_emb,
+        ledger_path=_ledger_for(folder.resolve()),
+    )
     return {"dataset": str(folder), "embedding_model": embedding_model, **metrics}, rows
 
 
@@ -157,13 +205,19 @@ def metrics_table(m: dict):
     rv = m["review"]
     add("size", "rows kept / seeds with rows", f"{m['rows']} / {m['seeds']}")
     add("size", "rewrites tried / rule-eliminated", f"{rv['rewrites_tried']} / {rv['rule_eliminated']}")
-    add("size", "reviewer acceptance", f"{rv['reviewer_accepted']}/{rv['reviewed']} = "
-                                       f"{_f(rv['reviewer_acceptance'], '.1%')}")
+    add(
+        "size",
+        "reviewer acceptance",
+        f"{rv['reviewer_accepted']}/{rv['reviewed']} = {_f(rv['reviewer_acceptance'], '.1%')}",
+    )
     for reason, n in m["eliminated"].items():
         add("size", f"eliminated: {reason}", str(n))
     for kind, s in m["lengths_words"].items():
-        add("length", f"{kind} words: median (p10-p90)",
-            f"{_f(s['median'], '.0f')} ({_f(s['p10'], '.0f')}-{_f(s['p90'], '.0f')})")
+        add(
+            "length",
+            f"{kind} words: median (p10-p90)",
+            f"{_f(s['median'], '.0f')} ({_f(s['p10'], '.0f')}-{_f(s['p90'], '.0f')})",
+        )
     add("actions", "kept rows by last action", ", ".join(f"{a} {n}" for a, n in m["actions"]["kept"].items()))
     add("actions", "eliminated by action", ", ".join(f"{a} {n}" for a, n in m["actions"]["eliminated"].items()))
     add("depth", "rows by depth", ", ".join(f"{d}: {n}" for d, n in m["depth"].items()))
@@ -187,8 +241,11 @@ def main(argv: list[str] | None = None) -> tuple[dict, Path]:
     """``teams-rl metrics DATASET [--output_dir DIR]``: writes ``DIR/eval/metrics.json`` and ``DIR/eval/plots``."""
     parser = argparse.ArgumentParser(prog="teams-rl metrics", description="Dataset metrics of a teams-rl dataset.")
     parser.add_argument("dataset", help="A dataset folder written by synthesize or merge (holds rows.jsonl).")
-    parser.add_argument("--output_dir", default=None,
-                        help="Run folder; results go to OUTPUT_DIR/eval (default: the folder holding DATASET).")
+    parser.add_argument(
+        "--output_dir",
+        default=None,
+        help="Run folder; results go to OUTPUT_DIR/eval (default: the folder holding DATASET).",
+    )
     parser.add_argument("--embedding_model", default="minilm", help="Sentence-embedding model; 'none' to skip.")
     parser.add_argument("--no_plots", action="store_true", help="Skip the PNG plots.")
     args = parser.parse_args(argv)

@@ -137,20 +137,32 @@ def check_tasks(manager, specs: Sequence[TaskSpec], include_path: str | Path | N
         if spec.name not in known:
             close = difflib.get_close_matches(spec.name, known, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise TeamsRLError(f"unknown lm-eval task '{spec.name}': {hint}list tasks with `lm-eval ls tasks`, or "
-                               f"{offline_hint}", field="tasks")
+            raise TeamsRLError(
+                f"unknown lm-eval task '{spec.name}': {hint}list tasks with `lm-eval ls tasks`, or {offline_hint}",
+                field="tasks",
+            )
         try:
             manager.load([spec.name])
         except Exception as err:  # offline Hub, missing file, gated dataset: all the user's to fix
             where = "a local file" if spec.name in local else "the Hugging Face Hub (network access)"
             reason = " ".join(str(err).split())[:300]
-            raise TeamsRLError(f"task '{spec.name}': its data cannot be reached ({type(err).__name__}: {reason}); "
-                               f"this task needs {where}; offline, {offline_hint}", field="tasks") from None
+            raise TeamsRLError(
+                f"task '{spec.name}': its data cannot be reached ({type(err).__name__}: {reason}); "
+                f"this task needs {where}; offline, {offline_hint}",
+                field="tasks",
+            ) from None
 
 
 # --- Running --------------------------------------------------------------------------------------------------------
-def load_lm(pretrained: str, *, adapter: str | None = None, tokenizer: str | None = None, dtype: str = "auto",
-            device: str = "cpu", batch_size: int = 8):
+def load_lm(
+    pretrained: str,
+    *,
+    adapter: str | None = None,
+    tokenizer: str | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    batch_size: int = 8,
+):
     """lm-eval's ``hf`` model (``HFLM``), loaded once; ``adapter`` is a peft folder applied with ``peft=``."""
     lm_eval = _require_lm_eval()
     args = {"pretrained": pretrained, "dtype": dtype}
@@ -165,20 +177,42 @@ def has_chat_template(lm) -> bool:
     return bool(getattr(getattr(lm, "tokenizer", None), "chat_template", None))
 
 
-def run_tasks(lm, specs: Sequence[TaskSpec], manager, *, chat_template: bool, limit: float | None = None,
-              bootstrap_iters: int = 1000, seed: int = 0) -> dict[str, dict]:
+def run_tasks(
+    lm,
+    specs: Sequence[TaskSpec],
+    manager,
+    *,
+    chat_template: bool,
+    limit: float | None = None,
+    bootstrap_iters: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict]:
     """Each task with its own few-shot count (lm-eval takes one count per call). Returns per task: metrics
     (``{"acc": (value, stderr)}``), lm-eval's task version, the shots used and the number of documents scored."""
     lm_eval = _require_lm_eval()
     out = {}
     for spec in specs:
-        logger.info("lm-eval: %s (%s-shot%s)", spec.name, spec.num_fewshot if spec.num_fewshot is not None else
-                    "default", ", chat template" if chat_template else "")
+        logger.info(
+            "lm-eval: %s (%s-shot%s)",
+            spec.name,
+            spec.num_fewshot if spec.num_fewshot is not None else "default",
+            ", chat template" if chat_template else "",
+        )
         res = lm_eval.simple_evaluate(
-            model=lm, tasks=[spec.name], num_fewshot=spec.num_fewshot, task_manager=manager, limit=limit,
-            apply_chat_template=chat_template, fewshot_as_multiturn=chat_template, bootstrap_iters=bootstrap_iters,
-            log_samples=False, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-            fewshot_random_seed=seed)
+            model=lm,
+            tasks=[spec.name],
+            num_fewshot=spec.num_fewshot,
+            task_manager=manager,
+            limit=limit,
+            apply_chat_template=chat_template,
+            fewshot_as_multiturn=chat_template,
+            bootstrap_iters=bootstrap_iters,
+            log_samples=False,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
         out[spec.name] = _task_result(res, spec.name)
     return out
 
@@ -188,16 +222,24 @@ def _task_result(res: dict, name: str) -> dict:
     metrics = {}
     for key, value in raw.items():
         metric, _, filt = key.partition(",")
-        if metric in ("alias", "name", "sample_len") or metric.endswith("_stderr") or not isinstance(value, int | float):
+        if (
+            metric in ("alias", "name", "sample_len")
+            or metric.endswith("_stderr")
+            or not isinstance(value, int | float)
+        ):
             continue
         label = metric if filt in ("none", "") else f"{metric} ({filt})"
         stderr = raw.get(f"{metric}_stderr,{filt}")
         metrics[label] = (float(value), float(stderr) if isinstance(stderr, int | float) else None)
     samples = res.get("n-samples", {})
     n = samples[name]["effective"] if name in samples else sum(v.get("effective", 0) for v in samples.values())
-    return {"metrics": metrics, "version": res.get("versions", {}).get(name),
-            "num_fewshot": res.get("n-shot", {}).get(name), "samples": n,
-            "higher_is_better": res.get("higher_is_better", {}).get(name, {})}
+    return {
+        "metrics": metrics,
+        "version": res.get("versions", {}).get(name),
+        "num_fewshot": res.get("n-shot", {}).get(name),
+        "samples": n,
+        "higher_is_better": res.get("higher_is_better", {}).get(name, {}),
+    }
 
 
 # --- The table ------------------------------------------------------------------------------------------------------
@@ -207,9 +249,18 @@ def comparison_rows(base: dict[str, dict], tuned: dict[str, dict] | None) -> lis
     rows = []
     for task, result in base.items():
         for metric, (value, stderr) in result["metrics"].items():
-            row = {"task": task, "metric": metric, "n_shot": result["num_fewshot"], "samples": result["samples"],
-                   "base": value, "base_stderr": stderr, "tuned": None, "tuned_stderr": None, "delta": None,
-                   "delta_stderr": None}
+            row = {
+                "task": task,
+                "metric": metric,
+                "n_shot": result["num_fewshot"],
+                "samples": result["samples"],
+                "base": value,
+                "base_stderr": stderr,
+                "tuned": None,
+                "tuned_stderr": None,
+                "delta": None,
+                "delta_stderr": None,
+            }
             other = (tuned or {}).get(task, {}).get("metrics", {}).get(metric)
             if other is not None:
                 row.update(tuned=other[0], tuned_stderr=other[1], delta=other[0] - value)
@@ -230,7 +281,9 @@ def markdown_table(rows: Sequence[dict]) -> str:
     """The base-vs-tuned table as GitHub Markdown (value ± stderr)."""
     lines = ["| task | metric | shots | n | base | tuned | delta |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['metric']} | {r['n_shot']} | {r['samples']} | "
-                     f"{fmt_score(r['base'], r['base_stderr'])} | {fmt_score(r['tuned'], r['tuned_stderr'])} | "
-                     f"{fmt_score(r['delta'], r['delta_stderr'], signed=True)} |")
+        lines.append(
+            f"| {r['task']} | {r['metric']} | {r['n_shot']} | {r['samples']} | "
+            f"{fmt_score(r['base'], r['base_stderr'])} | {fmt_score(r['tuned'], r['tuned_stderr'])} | "
+            f"{fmt_score(r['delta'], r['delta_stderr'], signed=True)} |"
+        )
     return "\n".join(lines) + "\n"

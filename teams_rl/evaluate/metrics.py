@@ -49,8 +49,15 @@ def summary_stats(values: Sequence[float]) -> dict[str, float | int | None]:
     if len(x) == 0:
         return {"count": 0, "mean": None, "min": None, "p10": None, "median": None, "p90": None, "max": None}
     p10, p50, p90 = np.percentile(x, [10, 50, 90])
-    return {"count": len(x), "mean": float(x.mean()), "min": float(x.min()), "p10": float(p10),
-            "median": float(p50), "p90": float(p90), "max": float(x.max())}
+    return {
+        "count": len(x),
+        "mean": float(x.mean()),
+        "min": float(x.min()),
+        "p10": float(p10),
+        "median": float(p50),
+        "p90": float(p90),
+        "max": float(x.max()),
+    }
 
 
 class _WordTokenizer:
@@ -60,8 +67,14 @@ class _WordTokenizer:
         return [w for w in words(text) if w.isalnum()]
 
 
-def near_duplicates(texts: Sequence[str], embeddings, *, rouge_threshold: float = 0.7, cosine_threshold: float = 0.9,
-                    neighbours: int = 50) -> dict:
+def near_duplicates(
+    texts: Sequence[str],
+    embeddings,
+    *,
+    rouge_threshold: float = 0.7,
+    cosine_threshold: float = 0.9,
+    neighbours: int = 50,
+) -> dict:
     """Rows with a near twin elsewhere in the set: ROUGE-L F1 above ``rouge_threshold`` (the Self-Instruct filter)
     or embedding cosine above ``cosine_threshold``.
 
@@ -91,5 +104,10 @@ def near_duplicates(texts: Sequence[str], embeddings, *, rouge_threshold: float 
         if rouge > rouge_threshold or cosine[i, j] > cosine_threshold:
             found.append({"a": i, "b": j, "rouge_l": round(float(rouge), 4), "cosine": round(float(cosine[i, j]), 4)})
     found.sort(key=lambda p: -(p["rouge_l"] + p["cosine"]))
-    return {"rows": n, "rouge_l_rate": float(rouge_dup.mean()), "embedding_rate": float(emb_dup.mean()),
-            "rate": float((rouge_dup | emb_dup).mean()), "pairs": found[:20]}
+    return {
+        "rows": n,
+        "rouge_l_rate": float(rouge_dup.mean()),
+        "embedding_rate": float(emb_dup.mean()),
+        "rate": float((rouge_dup | emb_dup).mean()),
+        "pairs": found[:20],
+    }

@@ -16,8 +16,13 @@ def _bars(ax, counts: dict, title: str, color: str = "tab:blue", ylabel: str = "
     bars = ax.bar(range(len(labels)), values, color=color)
     ax.bar_label(bars, fontsize=8)
     ax.margins(y=0.12)
-    ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels)) > 6 else 0, ha="right"
-                  if max(map(len, labels)) > 6 else "center", fontsize=8)
+    ax.set_xticks(
+        range(len(labels)),
+        labels,
+        rotation=30 if max(map(len, labels)) > 6 else 0,
+        ha="right" if max(map(len, labels)) > 6 else "center",
+        fontsize=8,
+    )
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(ylabel)
 
@@ -44,9 +49,12 @@ def lengths(rows: Sequence[dict], path: Path) -> Path:
     """Histograms of instruction (with input) and response lengths in words."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    series = {"instruction + input": [len(user_content(r.get("instruction", ""), r.get("input") or "").split())
-                                      for r in rows],
-              "response": [len(str(r.get("response", "")).split()) for r in rows]}
+    series = {
+        "instruction + input": [
+            len(user_content(r.get("instruction", ""), r.get("input") or "").split()) for r in rows
+        ],
+        "response": [len(str(r.get("response", "")).split()) for r in rows],
+    }
     for ax, (name, values) in zip(axes, series.items(), strict=True):
         ax.hist(values or [0], bins=min(30, max(5, len(values) // 3)), color="tab:blue", edgecolor="white")
         ax.set_title(f"{name} length (n={len(values)})", fontsize=10)
@@ -61,8 +69,13 @@ def overview(metrics: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     _bars(axes[0], metrics["depth"], "Rows by evolution depth")
     axes[0].set_xlabel("depth (kept rewrites)")
-    _bars(axes[1], metrics["eliminated"], "Eliminated rewrites and answers by reason", color="tab:red",
-          ylabel="eliminated")
+    _bars(
+        axes[1],
+        metrics["eliminated"],
+        "Eliminated rewrites and answers by reason",
+        color="tab:red",
+        ylabel="eliminated",
+    )
     return save(fig, path)
 
 
@@ -84,8 +97,12 @@ def scores(rows: Sequence[dict], path: Path) -> Path | None:
 
 def dataset_plots(metrics: dict, rows: Sequence[dict], folder: Path) -> list[Path]:
     """Every dataset plot into ``folder``."""
-    written = [action_mix(metrics, folder / "actions.png"), lengths(rows, folder / "lengths.png"),
-               overview(metrics, folder / "depth_and_eliminations.png"), scores(rows, folder / "scores.png")]
+    written = [
+        action_mix(metrics, folder / "actions.png"),
+        lengths(rows, folder / "lengths.png"),
+        overview(metrics, folder / "depth_and_eliminations.png"),
+        scores(rows, folder / "scores.png"),
+    ]
     return [p for p in written if p is not None]
 
 
@@ -133,7 +150,9 @@ def action_mix_by_policy(metrics_by_policy: dict[str, dict], path: Path) -> Path
     import numpy as np
 
     plt = pyplot()
-    names = sorted({a for m in metrics_by_policy.values() for part in ("kept", "eliminated") for a in m["actions"][part]})
+    names = sorted(
+        {a for m in metrics_by_policy.values() for part in ("kept", "eliminated") for a in m["actions"][part]}
+    )
     names = names or ["(none)"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     x, width = np.arange(len(names)), 0.8 / max(len(metrics_by_policy), 1)

@@ -41,8 +41,9 @@ def roc_curve(positives: Sequence[float], negatives: Sequence[float]) -> tuple[n
     return np.array(fpr), np.array(tpr)
 
 
-def bootstrap_auc(positives: Sequence[float], negatives: Sequence[float], *, iters: int = 1000, seed: int = 0,
-                  level: float = 0.95) -> tuple[float, float]:
+def bootstrap_auc(
+    positives: Sequence[float], negatives: Sequence[float], *, iters: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """A percentile interval for the AUC, resampling members and non-members separately with a seeded generator."""
     pos, neg = np.asarray(positives, dtype=float), np.asarray(negatives, dtype=float)
     if len(pos) == 0 or len(neg) == 0 or iters <= 0:
@@ -78,7 +79,7 @@ def to_pairs(rows: Sequence[Row], tokenizer) -> list[tuple[str, str]]:
             continue
         head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
         full = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-        pairs.append((head, full[len(head):]) if full.startswith(head) else (head, completion[-1]["content"]))
+        pairs.append((head, full[len(head) :]) if full.startswith(head) else (head, completion[-1]["content"]))
     return pairs
 
 
@@ -93,15 +94,18 @@ def read_rows(path: str | Path) -> list[Row]:
         raise TeamsRLError("member/non-member rows not found (a dataset folder or a JSON/JSONL file)", file=str(path))
     text = file.read_text(encoding="utf-8")
     try:
-        records = json.loads(text) if file.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+        records = (
+            json.loads(text) if file.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+        )
     except json.JSONDecodeError as err:
         raise TeamsRLError(f"not JSON/JSONL: {err}", file=str(file)) from None
     rows = []
     for i, rec in enumerate(records):
         chat = {"text": rec["text"]} if "text" in rec else row_to_chat(rec, source=str(file))
         if chat is None:
-            raise TeamsRLError("a row needs text, prompt/completion, messages or instruction/response", file=str(file),
-                               line=i + 1)
+            raise TeamsRLError(
+                "a row needs text, prompt/completion, messages or instruction/response", file=str(file), line=i + 1
+            )
         rows.append(chat)
     return rows
 
@@ -116,8 +120,11 @@ def split_from_sft_recipe(recipe: str | Path) -> tuple[list[Row], list[Row]]:
     columns = Columns(script_args.instruction_column, script_args.input_column, script_args.response_column)
     train, held_out, _ = load_mixture(script_args, mixture, columns, training_args.seed, want_eval=False)
     if held_out is None or len(held_out) == 0:
-        raise TeamsRLError("the SFT recipe holds out no rows (test_split_size); give privacy_non_members instead",
-                           file=str(recipe), field="test_split_size")
+        raise TeamsRLError(
+            "the SFT recipe holds out no rows (test_split_size); give privacy_non_members instead",
+            file=str(recipe),
+            field="test_split_size",
+        )
     return list(train), list(held_out)
 
 
@@ -130,8 +137,15 @@ def sample_rows(rows: Sequence[Row], limit: int | None, seed: int) -> list[Row]:
 
 
 # --- Scoring --------------------------------------------------------------------------------------------------------
-def token_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 8,
-                   max_length: int = 512, desc: str = "score") -> list[np.ndarray]:
+def token_logprobs(
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 8,
+    max_length: int = 512,
+    desc: str = "score",
+) -> list[np.ndarray]:
     """Log-probability of every target token given everything before it, per (context, target) pair."""
     import torch
     from tqdm.auto import tqdm
@@ -167,8 +181,10 @@ def token_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_
 def membership_scores(model, tokenizer, pairs: Sequence[tuple[str, str]], *, min_k: float = 0.2, **kwargs) -> dict:
     """Per row, two membership signals where higher means "looks trained on": -loss and the Min-K% log-probability."""
     lps = token_logprobs(model, tokenizer, pairs, **kwargs)
-    return {"neg_loss": np.array([float(lp.mean()) if len(lp) else float("nan") for lp in lps]),
-            "min_k": np.array([min_k_score(lp, min_k) for lp in lps])}
+    return {
+        "neg_loss": np.array([float(lp.mean()) if len(lp) else float("nan") for lp in lps]),
+        "min_k": np.array([min_k_score(lp, min_k) for lp in lps]),
+    }
 
 
 def membership_auc(members: dict, non_members: dict, *, iters: int = 1000, seed: int = 0) -> dict:
@@ -179,8 +195,13 @@ def membership_auc(members: dict, non_members: dict, *, iters: int = 1000, seed:
         pos, neg = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
         fpr, tpr = roc_curve(pos, neg)
         low, high = bootstrap_auc(pos, neg, iters=iters, seed=seed)
-        report[signal] = {"auc": roc_auc(pos, neg), "ci95": [low, high], "members": len(pos),
-                          "non_members": len(neg), "mean_member": float(pos.mean()) if len(pos) else None,
-                          "mean_non_member": float(neg.mean()) if len(neg) else None,
-                          "roc": {"fpr": fpr.round(4).tolist(), "tpr": tpr.round(4).tolist()}}
+        report[signal] = {
+            "auc": roc_auc(pos, neg),
+            "ci95": [low, high],
+            "members": len(pos),
+            "non_members": len(neg),
+            "mean_member": float(pos.mean()) if len(pos) else None,
+            "mean_non_member": float(neg.mean()) if len(neg) else None,
+            "roc": {"fpr": fpr.round(4).tolist(), "tpr": tpr.round(4).tolist()},
+        }
     return report

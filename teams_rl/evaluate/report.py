@@ -1,4 +1,4 @@
-"""The evaluation report: results.md (benchmarks, privacy, dataset) and the rich tables ``teams-rl evaluate`` prints."""
+"""The evaluation report: results.md (benchmarks, privacy, dataset) and the tables ``teams-rl evaluate`` prints."""
 
 from __future__ import annotations
 
@@ -14,8 +14,15 @@ def privacy_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
     out = []
     for label, signals in results.get("privacy", {}).get("models", {}).items():
         for signal, r in signals.items():
-            out.append((label, SIGNALS.get(signal, signal), f"{r['auc']:.3f}", f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
-                        f"{r['members']} / {r['non_members']}"))
+            out.append(
+                (
+                    label,
+                    SIGNALS.get(signal, signal),
+                    f"{r['auc']:.3f}",
+                    f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
+                    f"{r['members']} / {r['non_members']}",
+                )
+            )
     return out
 
 
@@ -31,34 +38,56 @@ def sections(results: dict) -> list[dict]:
     out = []
     if results.get("table"):
         versions = ", ".join(f"{t} v{v['version']} ({v['source']})" for t, v in results["tasks"].items())
-        out.append({"key": "benchmarks", "title": "Benchmarks (lm-eval)",
-                    "body": f"{lmeval.markdown_table(results['table'])}\nTask versions: {versions}."})
+        out.append(
+            {
+                "key": "benchmarks",
+                "title": "Benchmarks (lm-eval)",
+                "body": f"{lmeval.markdown_table(results['table'])}\nTask versions: {versions}.",
+            }
+        )
     if results.get("privacy"):
         p = results["privacy"]
-        out.append({"key": "privacy", "title": "Membership inference (privacy)",
-                    "body": f"Rows: {p['members']} members vs {p['non_members']} non-members ({p['source']}). "
-                            f"{p['note']}.\n\n{privacy_markdown(results)}"})
+        out.append(
+            {
+                "key": "privacy",
+                "title": "Membership inference (privacy)",
+                "body": f"Rows: {p['members']} members vs {p['non_members']} non-members ({p['source']}). "
+                f"{p['note']}.\n\n{privacy_markdown(results)}",
+            }
+        )
     if results.get("metrics"):
         m = results["metrics"]
         near = m["near_duplicate_rate"]
-        out.append({"key": "dataset", "title": "Dataset",
-                    "body": f"{m['rows']} rows; " + ", ".join(f"{k} {v:.3f}" for k, v in m["diversity"].items())
-                            + (f"; near-duplicate rate {near:.1%}" if near is not None else "")
-                            + f". Details: `{Path(m['file']).name}`."})
+        out.append(
+            {
+                "key": "dataset",
+                "title": "Dataset",
+                "body": f"{m['rows']} rows; "
+                + ", ".join(f"{k} {v:.3f}" for k, v in m["diversity"].items())
+                + (f"; near-duplicate rate {near:.1%}" if near is not None else "")
+                + f". Details: `{Path(m['file']).name}`.",
+            }
+        )
     return out
 
 
 def markdown_report(results: dict) -> str:
     """results.md: models and versions, then every section."""
     models = results["models"]
-    lines = [f"# Evaluation: {results['config']['output_dir']}", "",
-             f"- base: `{models['base']['ref']}`" + (f" ({models['base']['upstream']})" if models['base'].get(
-                 "upstream") != models["base"]["ref"] else "")]
+    lines = [
+        f"# Evaluation: {results['config']['output_dir']}",
+        "",
+        f"- base: `{models['base']['ref']}`"
+        + (f" ({models['base']['upstream']})" if models["base"].get("upstream") != models["base"]["ref"] else ""),
+    ]
     if "tuned" in models:
         lines.append(f"- tuned: `{models['tuned']['ref']}` ({models['tuned']['kind']})")
     chat = ", ".join(f"{k}: {'yes' if v.get('chat_template') else 'no'}" for k, v in models.items())
-    lines += [f"- lm-eval {results['lm_eval_version']}, teams-rl {results['teams_rl_version']}, device "
-              f"{results['device']}, chat template ({chat})", ""]
+    lines += [
+        f"- lm-eval {results['lm_eval_version']}, teams-rl {results['teams_rl_version']}, device "
+        f"{results['device']}, chat template ({chat})",
+        "",
+    ]
     for section in sections(results):
         lines += [f"## {section['title']}", "", section["body"], ""]
     return "\n".join(lines)
@@ -73,9 +102,14 @@ def print_results(results: dict, console) -> None:
         for name in ("task", "metric", "shots", "base", "tuned", "delta"):
             table.add_column(name, justify="left" if name in ("task", "metric") else "right")
         for r in results["table"]:
-            table.add_row(r["task"], r["metric"], str(r["n_shot"]), lmeval.fmt_score(r["base"], r["base_stderr"]),
-                          lmeval.fmt_score(r["tuned"], r["tuned_stderr"]),
-                          lmeval.fmt_score(r["delta"], r["delta_stderr"], True))
+            table.add_row(
+                r["task"],
+                r["metric"],
+                str(r["n_shot"]),
+                lmeval.fmt_score(r["base"], r["base_stderr"]),
+                lmeval.fmt_score(r["tuned"], r["tuned_stderr"]),
+                lmeval.fmt_score(r["delta"], r["delta_stderr"], True),
+            )
         console.print(table)
     if results.get("privacy"):
         table = Table(title="Membership inference (AUC near 0.5 = better privacy)")

@@ -30,43 +30,67 @@ logger = logging.getLogger(__name__)
 class EvalArguments:
     """What to evaluate, on which lm-eval tasks, and which extra reports (dataset metrics, privacy) to write."""
 
-    output_dir: str = field(default="runs/evaluate", metadata={"help": "Run folder; everything goes to OUTPUT_DIR/eval."})
+    output_dir: str = field(
+        default="runs/evaluate", metadata={"help": "Run folder; everything goes to OUTPUT_DIR/eval."}
+    )
     base_model: str = field(default="smollm2-135m", metadata={"help": "Base model: Hub id, folder or smollm2-135m."})
-    tuned_model: str | None = field(default=None, metadata={
-        "help": "The fine-tuned model: a peft adapter folder (applied to base_model with lm-eval's peft=) or a merged "
-                "model folder / Hub id. null: evaluate the base only."})
-    tasks: list[str] = field(default_factory=lambda: [lmeval.LOCAL_TASK], metadata={
-        "help": "lm-eval tasks as NAME or NAME:SHOTS (e.g. arc_challenge:25); NAME alone keeps the task's default."})
-    tasks_dir: str | None = field(default="eval", metadata={
-        "help": "Folder of local task YAMLs (lm-eval include_path); relative data_files are resolved at run time."})
+    tuned_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The fine-tuned model: a peft adapter folder (applied to base_model with lm-eval's peft=) or a "
+            "merged model folder / Hub id. null: evaluate the base only."
+        },
+    )
+    tasks: list[str] = field(
+        default_factory=lambda: [lmeval.LOCAL_TASK],
+        metadata={
+            "help": "lm-eval tasks as NAME or NAME:SHOTS (e.g. arc_challenge:25); NAME alone keeps the task's default."
+        },
+    )
+    tasks_dir: str | None = field(
+        default="eval",
+        metadata={
+            "help": "Folder of local task YAMLs (lm-eval include_path); relative data_files are resolved at run time."
+        },
+    )
     run_lm_eval: bool = field(default=True, metadata={"help": "Run the benchmarks (false: only metrics/privacy)."})
     limit: float | None = field(default=None, metadata={"help": "lm-eval limit: documents per task (or a fraction)."})
     batch_size: int = field(default=8, metadata={"help": "lm-eval and privacy scoring batch size."})
     dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, float32, bfloat16, float16."})
     device: str | None = field(default=None, metadata={"help": "cuda, cuda:0, cpu... (default: cuda if available)."})
-    apply_chat_template: str = field(default="auto", metadata={
-        "help": "auto: use the model's chat template when it has one (few-shot as multi-turn); true; false.",
-        "choices": ["auto", "true", "false"]})
+    apply_chat_template: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: use the model's chat template when it has one (few-shot as multi-turn); true; false.",
+            "choices": ["auto", "true", "false"],
+        },
+    )
     bootstrap_iters: int = field(default=1000, metadata={"help": "lm-eval bootstrap iterations for stderr."})
     seed: int = field(default=42, metadata={"help": "Seeds lm-eval's few-shot sampling, row sampling, bootstrap."})
     dataset: str | None = field(default=None, metadata={"help": "A dataset folder: also write its metrics."})
     embedding_model: str = field(default="minilm", metadata={"help": "Sentence embeddings for Vendi/near-dups."})
     privacy: bool = field(default=False, metadata={"help": "Run the membership-inference (privacy) test."})
-    privacy_sft_config: str | None = field(default=None, metadata={
-        "help": "The SFT recipe the tuned model was trained with: members = its train split, non-members = the "
-                "rows it held out (test_split_size, seed), drawn exactly as teams-rl sft drew them. null: the "
-                "config/sft.yaml that teams-rl sft saved in the tuned model's run folder."})
+    privacy_sft_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "The SFT recipe the tuned model was trained with: members = its train split, non-members = the "
+            "rows it held out (test_split_size, seed), drawn exactly as teams-rl sft drew them. null: the "
+            "config/sft.yaml that teams-rl sft saved in the tuned model's run folder."
+        },
+    )
     privacy_members: str | None = field(default=None, metadata={"help": "Or: a file/folder of training rows."})
     privacy_non_members: str | None = field(default=None, metadata={"help": "And: rows never trained on."})
     privacy_max_rows: int | None = field(default=200, metadata={"help": "Most rows scored per side (seeded draw)."})
-    privacy_min_k: float = field(default=0.2, metadata={"help": "Min-K Prob: the fraction K of least likely answer tokens averaged."})
+    privacy_min_k: float = field(
+        default=0.2, metadata={"help": "Min-K Prob: the fraction K of least likely answer tokens averaged."}
+    )
     privacy_max_length: int = field(default=512, metadata={"help": "Tokens per scored row (SFT's max_length)."})
     privacy_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the AUC interval."})
     plots: bool = field(default=True, metadata={"help": "Write PNG plots to OUTPUT_DIR/eval/plots."})
     overwrite: bool = field(default=False, metadata={"help": "Re-run even if results.json matches this config."})
 
 
-# --- Setup ------------------------------------------------------------------------------------------------------------
+# --- Setup -----------------------------------------------------------------------------------------------------------
 # The shipped local tasks: the top-level eval/ of a checkout, installed by the wheel as teams_rl/evaluate/tasks.
 SHIPPED_TASKS = "eval"
 
@@ -94,11 +118,18 @@ def describe_tuned(ref: str) -> dict:
     path = os.path.expanduser(ref)
     if os.path.isdir(path):
         adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))
-        return {"ref": ref, "path": path, "kind": "peft adapter" if adapter else "model",
-                "tokenizer": path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else None}
+        return {
+            "ref": ref,
+            "path": path,
+            "kind": "peft adapter" if adapter else "model",
+            "tokenizer": path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else None,
+        }
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
-        raise TeamsRLError(f"'{ref}' does not exist: run `teams-rl sft` first (it writes OUTPUT_DIR/adapter), or set "
-                           "tuned_model: null to evaluate the base only", field="tuned_model")
+        raise TeamsRLError(
+            f"'{ref}' does not exist: run `teams-rl sft` first (it writes OUTPUT_DIR/adapter), or set "
+            "tuned_model: null to evaluate the base only",
+            field="tuned_model",
+        )
     try:  # a Hub id: an adapter repo has adapter_config.json
         from peft import PeftConfig
 
@@ -111,13 +142,16 @@ def describe_tuned(ref: str) -> dict:
 def _fingerprint(args: EvalArguments, tuned: dict | None) -> str:
     parts = [json.dumps(dataclasses.asdict(args), sort_keys=True)]
     if tuned and os.path.isdir(tuned["path"]):  # a retrained adapter invalidates the results
-        parts += [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(Path(tuned["path"]).iterdir())
-                  if p.suffix in (".safetensors", ".bin")]
+        parts += [
+            f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+            for p in sorted(Path(tuned["path"]).iterdir())
+            if p.suffix in (".safetensors", ".bin")
+        ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _sft_run_recipe(tuned: str | None) -> str | None:
-    """The resolved recipe ``teams-rl sft`` saved beside its adapter (``<run>/adapter`` -> ``<run>/config/sft.yaml``)."""
+    """The recipe ``teams-rl sft`` saved beside its adapter: ``<run>/adapter`` -> ``<run>/config/sft.yaml``."""
     recipe = Path(tuned).expanduser().parent / "config" / "sft.yaml" if tuned else None
     return str(recipe) if recipe and recipe.is_file() else None
 
@@ -132,13 +166,19 @@ def _privacy_rows(args: EvalArguments) -> tuple[list, list, str]:
         members, others = privacy.split_from_sft_recipe(recipe)
         source = f"SFT recipe {recipe}: train split vs held-out split"
     else:
-        raise TeamsRLError("privacy needs privacy_sft_config (the SFT recipe), a tuned model inside an SFT run folder "
-                           "(with config/sft.yaml), or privacy_members + privacy_non_members", field="privacy")
-    return (privacy.sample_rows(members, args.privacy_max_rows, args.seed),
-            privacy.sample_rows(others, args.privacy_max_rows, args.seed + 1), source)
+        raise TeamsRLError(
+            "privacy needs privacy_sft_config (the SFT recipe), a tuned model inside an SFT run folder "
+            "(with config/sft.yaml), or privacy_members + privacy_non_members",
+            field="privacy",
+        )
+    return (
+        privacy.sample_rows(members, args.privacy_max_rows, args.seed),
+        privacy.sample_rows(others, args.privacy_max_rows, args.seed + 1),
+        source,
+    )
 
 
-# --- Run --------------------------------------------------------------------------------------------------------------
+# --- Run -------------------------------------------------------------------------------------------------------------
 def evaluate(args: EvalArguments) -> dict:
     """Run everything the arguments ask for and write ``<output_dir>/eval``. Returns the results dict."""
     began = time.perf_counter()
@@ -152,8 +192,9 @@ def evaluate(args: EvalArguments) -> dict:
             logger.warning("%s is complete for this config; skipping (--overwrite true to re-run)", previous)
             return done
     if not args.run_lm_eval and not args.privacy and not args.dataset:
-        raise TeamsRLError("nothing to do: run_lm_eval is false, privacy is false and no dataset is set",
-                           field="run_lm_eval")
+        raise TeamsRLError(
+            "nothing to do: run_lm_eval is false, privacy is false and no dataset is set", field="run_lm_eval"
+        )
 
     # Fail fast, before any model loads: task names and their data, the models, the privacy rows.
     specs = [lmeval.TaskSpec.parse(t) for t in args.tasks] if args.run_lm_eval else []
@@ -165,8 +206,11 @@ def evaluate(args: EvalArguments) -> dict:
         lmeval.check_tasks(manager, specs, tasks_dir)
     base_path = resolve_model(args.base_model, field="base_model")
     if args.dataset and not (Path(args.dataset) / ROWS_FILE).is_file():
-        raise TeamsRLError(f"not a teams-rl dataset folder (no {ROWS_FILE}); run synthesize first, or set dataset: "
-                           "null", file=args.dataset, field="dataset")
+        raise TeamsRLError(
+            f"not a teams-rl dataset folder (no {ROWS_FILE}); run synthesize first, or set dataset: null",
+            file=args.dataset,
+            field="dataset",
+        )
     pairs, privacy_source, n_members = None, None, 0
     if args.privacy:
         members, others, privacy_source = _privacy_rows(args)
@@ -185,53 +229,99 @@ def evaluate(args: EvalArguments) -> dict:
         adapter = info["path"] if info.get("kind") == "peft adapter" else None
         pretrained = base_path if adapter or label == "base" else info["path"]
         try:
-            lm = lmeval.load_lm(pretrained, adapter=adapter, tokenizer=info.get("tokenizer"), dtype=args.dtype,
-                                device=device, batch_size=args.batch_size)
+            lm = lmeval.load_lm(
+                pretrained,
+                adapter=adapter,
+                tokenizer=info.get("tokenizer"),
+                dtype=args.dtype,
+                device=device,
+                batch_size=args.batch_size,
+            )
         except (OSError, ValueError) as err:  # unreachable Hub id, missing weights, adapter for another base
             reason = " ".join(str(err).split())[:300]
             raise TeamsRLError(f"cannot load the {label} model: {reason}", field=f"{label}_model") from None
-        chat = args.apply_chat_template == "true" or (args.apply_chat_template == "auto" and lmeval.has_chat_template(lm))
+        chat = args.apply_chat_template == "true" or (
+            args.apply_chat_template == "auto" and lmeval.has_chat_template(lm)
+        )
         info["chat_template"] = chat
         if specs:
-            bench[label] = lmeval.run_tasks(lm, specs, manager, chat_template=chat, limit=args.limit,
-                                            bootstrap_iters=args.bootstrap_iters, seed=args.seed)
+            bench[label] = lmeval.run_tasks(
+                lm,
+                specs,
+                manager,
+                chat_template=chat,
+                limit=args.limit,
+                bootstrap_iters=args.bootstrap_iters,
+                seed=args.seed,
+            )
         if pairs is not None:
-            scores[label] = privacy.membership_scores(lm.model, lm.tokenizer, pairs, min_k=args.privacy_min_k,
-                                                      batch_size=args.batch_size, max_length=args.privacy_max_length,
-                                                      desc=f"privacy ({label})")
+            scores[label] = privacy.membership_scores(
+                lm.model,
+                lm.tokenizer,
+                pairs,
+                min_k=args.privacy_min_k,
+                batch_size=args.batch_size,
+                max_length=args.privacy_max_length,
+                desc=f"privacy ({label})",
+            )
         del lm
         gc.collect()
 
-    results = {"teams_rl_version": __version__, "lm_eval_version": lmeval.lm_eval_version(),
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
-               "config": dataclasses.asdict(args), "device": device, "models": models}
+    results = {
+        "teams_rl_version": __version__,
+        "lm_eval_version": lmeval.lm_eval_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "fingerprint": fingerprint,
+        "config": dataclasses.asdict(args),
+        "device": device,
+        "models": models,
+    }
     if specs:
         base_runs = bench["base"]
-        results["tasks"] = {s.name: {"version": base_runs[s.name]["version"], "num_fewshot": base_runs[s.name][
-            "num_fewshot"], "samples": base_runs[s.name]["samples"], "source": "local" if s.name in
-            lmeval.local_task_names(tasks_dir) else "lm-eval built-in (Hub data)"} for s in specs}
+        results["tasks"] = {
+            s.name: {
+                "version": base_runs[s.name]["version"],
+                "num_fewshot": base_runs[s.name]["num_fewshot"],
+                "samples": base_runs[s.name]["samples"],
+                "source": "local" if s.name in lmeval.local_task_names(tasks_dir) else "lm-eval built-in (Hub data)",
+            }
+            for s in specs
+        }
         results["table"] = lmeval.comparison_rows(base_runs, bench.get("tuned"))
         results["lm_eval"] = bench
     if "base" in scores and "tuned" in scores:
         # A reference-calibrated attack: how much likelier did fine-tuning make each row? Row difficulty cancels.
         scores["tuned"]["neg_loss_vs_base"] = scores["tuned"]["neg_loss"] - scores["base"]["neg_loss"]
     if scores:
-        results["privacy"] = {"source": privacy_source, "members": n_members, "non_members": len(pairs) - n_members,
-                              "min_k": args.privacy_min_k, "note": "AUC near 0.5 = the model tells members from "
-                              "non-members no better than chance (better privacy); base = control",
-                              "models": {label: privacy.membership_auc(
-                                  {k: v[:n_members] for k, v in s.items()}, {k: v[n_members:] for k, v in s.items()},
-                                  iters=args.privacy_bootstrap, seed=args.seed) for label, s in scores.items()},
-                              "row_scores": {label: {k: v.round(5).tolist() for k, v in s.items()}
-                                             for label, s in scores.items()}}
+        results["privacy"] = {
+            "source": privacy_source,
+            "members": n_members,
+            "non_members": len(pairs) - n_members,
+            "min_k": args.privacy_min_k,
+            "note": "AUC near 0.5 = the model tells members from "
+            "non-members no better than chance (better privacy); base = control",
+            "models": {
+                label: privacy.membership_auc(
+                    {k: v[:n_members] for k, v in s.items()},
+                    {k: v[n_members:] for k, v in s.items()},
+                    iters=args.privacy_bootstrap,
+                    seed=args.seed,
+                )
+                for label, s in scores.items()
+            },
+            "row_scores": {label: {k: v.round(5).tolist() for k, v in s.items()} for label, s in scores.items()},
+        }
     if args.dataset:
         from teams_rl.evaluate import dataset_metrics as eval_dataset
 
         metrics, rows = eval_dataset.compute(args.dataset, embedding_model=args.embedding_model)
         eval_dataset.write(metrics, rows, out, plots=args.plots)
-        results["metrics"] = {"file": str(out / "metrics.json"), "rows": metrics["rows"],
-                              "diversity": metrics["diversity"],
-                              "near_duplicate_rate": metrics.get("near_duplicates", {}).get("rate")}
+        results["metrics"] = {
+            "file": str(out / "metrics.json"),
+            "rows": metrics["rows"],
+            "diversity": metrics["diversity"],
+            "near_duplicate_rate": metrics.get("near_duplicates", {}).get("rate"),
+        }
     if args.plots:
         from teams_rl.evaluate import plots as eval_plots
 
@@ -243,8 +333,9 @@ def evaluate(args: EvalArguments) -> dict:
                 curves = {label: r[signal] for label, r in reports.items()}
                 if signal == "neg_loss" and "neg_loss_vs_base" in reports.get("tuned", {}):
                     curves["tuned, calibrated by base"] = reports["tuned"]["neg_loss_vs_base"]
-                eval_plots.roc(curves, out / "plots" / f"privacy_roc_{signal}.png",
-                               title=f"Membership inference ({title})")
+                eval_plots.roc(
+                    curves, out / "plots" / f"privacy_roc_{signal}.png", title=f"Membership inference ({title})"
+                )
     results["wall_s"] = round(time.perf_counter() - began, 1)
     atomic_write_text(out / "results.md", eval_report.markdown_report(results))
     atomic_write_text(out / "config" / "evaluate.yaml", to_yaml(args))

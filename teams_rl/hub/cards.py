@@ -73,8 +73,12 @@ def seeds_are_ours(recipe: dict) -> bool:
     if not Path(source).is_file():
         return False
     try:
-        seeds = load_seeds(source, instruction_column=recipe.get("instruction_column") or "instruction",
-                           input_column=recipe.get("input_column"), id_column=recipe.get("id_column"))
+        seeds = load_seeds(
+            source,
+            instruction_column=recipe.get("instruction_column") or "instruction",
+            input_column=recipe.get("input_column"),
+            id_column=recipe.get("id_column"),
+        )
     except TeamsRLError:
         return False
     ours = {(s.instruction, s.input) for s in load_seeds(BUILTIN)}
@@ -84,23 +88,43 @@ def seeds_are_ours(recipe: dict) -> bool:
 def lineage(summary: dict, rows: Sequence[dict]) -> dict:
     """Who wrote the rows: the synthesis summary's lineage (a merged dataset: its first shard's), else row 0's."""
     found = summary.get("lineage") or next((s["lineage"] for s in summary.get("shards") or [] if "lineage" in s), None)
-    return found or {k: v for k, v in (rows[0] if rows else {}).items() if k in (
-        "policy", "expert_model", "expert_backend", "reviewer_model", "reviewer_modes")}
+    return found or {
+        k: v
+        for k, v in (rows[0] if rows else {}).items()
+        if k in ("policy", "expert_model", "expert_backend", "reviewer_model", "reviewer_modes")
+    }
 
 
 def roles(recipe: dict, line: dict, policy: dict | None, policy_recipe: dict) -> list[dict]:
     """One row per role that shaped the data: expert, reviewer and, for a trained policy, instructor and rewriter."""
-    out = [("expert", line.get("expert_model") or upstream_id(recipe.get("expert_model") or "unknown"),
+    out = [
+        (
+            "expert",
+            line.get("expert_model") or upstream_id(recipe.get("expert_model") or "unknown"),
             line.get("expert_backend") or recipe.get("expert_backend"),
-            "carries out each rewrite and answers each kept instruction")]
+            "carries out each rewrite and answers each kept instruction",
+        )
+    ]
     modes = line.get("reviewer_modes") or recipe.get("reviewer_modes") or ""
     judge = line.get("reviewer_model") or (re.search(r"judge|graded", modes) and recipe.get("reviewer_model"))
     if judge:
-        out.append(("reviewer", upstream_id(judge), recipe.get("reviewer_backend"),
-                    f"scores rewrites for information gain ({modes})"))
+        out.append(
+            (
+                "reviewer",
+                upstream_id(judge),
+                recipe.get("reviewer_backend"),
+                f"scores rewrites for information gain ({modes})",
+            )
+        )
     if "embedding" in modes:
-        out.append(("reviewer (novelty)", upstream_id(recipe.get("reviewer_embedding_model") or "minilm"),
-                    "sentence-transformers", "embedding novelty of each rewrite"))
+        out.append(
+            (
+                "reviewer (novelty)",
+                upstream_id(recipe.get("reviewer_embedding_model") or "minilm"),
+                "sentence-transformers",
+                "embedding novelty of each rewrite",
+            )
+        )
     if policy:
         job = f"picks the action at each step (trained with {policy.get('algorithm', '?')})"
         if policy.get("kind") == "instructor":
@@ -108,10 +132,23 @@ def roles(recipe: dict, line: dict, policy: dict | None, policy_recipe: dict) ->
         else:
             out.append(("instructor", "the policy's own small MLP", "torch", job))
     if rewriter := policy_recipe.get("rewriter_model"):
-        out.append(("rewriter (policy training)", "the instructor model itself" if rewriter == "instructor" else
-                    upstream_id(rewriter), policy_recipe.get("rewriter_backend"), "rewrote while the policy trained"))
-    return [{"role": role, "model": model if model.startswith("the ") else f"`{model}`", "backend": backend or "-",
-             "job": job} for role, model, backend, job in out]
+        out.append(
+            (
+                "rewriter (policy training)",
+                "the instructor model itself" if rewriter == "instructor" else upstream_id(rewriter),
+                policy_recipe.get("rewriter_backend"),
+                "rewrote while the policy trained",
+            )
+        )
+    return [
+        {
+            "role": role,
+            "model": model if model.startswith("the ") else f"`{model}`",
+            "backend": backend or "-",
+            "job": job,
+        }
+        for role, model, backend, job in out
+    ]
 
 
 def policy_section(name: str, meta: dict | None, recipe: dict, plots: Sequence[str]) -> dict:
@@ -121,17 +158,26 @@ def policy_section(name: str, meta: dict | None, recipe: dict, plots: Sequence[s
         return {"random": name == "random", "summary": what, "name": name, "table": None}
     from teams_rl.policy.tables import policy_table
 
-    training = [f"{k.replace('_', ' ')}: {recipe[k]}" for k in ("learning_rate", "depth", "reviewer_modes",
-                                                                  "held_out_seeds") if recipe.get(k) not in (None, 0)]
+    training = [
+        f"{k.replace('_', ' ')}: {recipe[k]}"
+        for k in ("learning_rate", "depth", "reviewer_modes", "held_out_seeds")
+        if recipe.get(k) not in (None, 0)
+    ]
     if rewards := meta.get("reward_per_update"):
         training.append(f"mean reward per update: {rewards[0]:.3f} (first) -> {rewards[-1]:.3f} (last)")
     if meta.get("stopped"):
         training.append(f"stopped early: {meta['stopped']}")
     algorithm = meta.get("algorithm", meta.get("kind", "?"))
-    return {"random": False, "summary": f"a trained {algorithm} instructor policy", "name": name,
-            "algorithm": algorithm, "table": markdown_table(policy_table(meta)), "training": training,
-            "facts": "".join(f", {meta[k]} {k}" for k in ("steps", "episodes") if meta.get(k) is not None),
-            "plots": _plots(plots)}
+    return {
+        "random": False,
+        "summary": f"a trained {algorithm} instructor policy",
+        "name": name,
+        "algorithm": algorithm,
+        "table": markdown_table(policy_table(meta)),
+        "training": training,
+        "facts": "".join(f", {meta[k]} {k}" for k in ("steps", "episodes") if meta.get(k) is not None),
+        "plots": _plots(plots),
+    }
 
 
 def synthesis_markdown(summary: dict) -> str | None:
@@ -162,8 +208,17 @@ def dataset_metrics(root: Path, folder: Path, rows: list[dict], plots_dir: Path,
 
 
 # --- Dataset card ----------------------------------------------------------------------------------------------------
-def dataset_card(root: Path, folder: Path, rows: list[dict], summary: dict, *, title: str, files: dict,
-                 plots_dir: Path, compute_metrics: bool) -> tuple[str, bool]:
+def dataset_card(
+    root: Path,
+    folder: Path,
+    rows: list[dict],
+    summary: dict,
+    *,
+    title: str,
+    files: dict,
+    plots_dir: Path,
+    compute_metrics: bool,
+) -> tuple[str, bool]:
     """The dataset card's body; the files it shows or names are added to ``files``. Also says whether the seeds are
     the package's own (the data's licence is then the project's)."""
     from teams_rl.core.versions import framework_versions
@@ -191,8 +246,10 @@ def dataset_card(root: Path, folder: Path, rows: list[dict], summary: dict, *, t
     if recipe.get("dataset_name") not in (None, "builtin"):
         notes.append(f"`dataset_name: {recipe['dataset_name']}` is the local seed source; it is not attached.")
     if ref and ref != "random":
-        notes.append(f"`policy: {ref}` is the folder `teams-rl train-policy` wrote: train it first (its recipe is "
-                     "attached when it was found), or set `policy: random` for the Evol-Instruct baseline.")
+        notes.append(
+            f"`policy: {ref}` is the folder `teams-rl train-policy` wrote: train it first (its recipe is "
+            "attached when it was found), or set `policy: random` for the Evol-Instruct baseline."
+        )
 
     ours = seeds_are_ours(recipe) if recipe else False
     people = roles(recipe, line, meta, policy_recipe)
@@ -200,22 +257,41 @@ def dataset_card(root: Path, folder: Path, rows: list[dict], summary: dict, *, t
     source = recipe.get("dataset_name") or "builtin"
     merged = summary.get("merged_from")
     body = render(
-        TEMPLATES / "dataset_card.md", title=title, n_rows=len(rows), expert=expert, roles=people, licence=project_licence(),
-        seeds={"count": summary.get("seeds_total") or len({r.get("seed_id") for r in rows}), "ours": ours,
-               "source": "an unrecorded source (no config/synthesize.yaml)" if not recipe else
-               "teams-rl's built-in seed set" if source == "builtin" else f"`{source}`"},
-        actions=", ".join(f"`{a}`" for a in (recipe.get("actions") or "").split(",") if a) or ", ".join(
-            f"`{a.name}`" for a in load_actions()),
-        policy=policy_section(name, meta, policy_recipe, policy_plots), synthesis=synthesis_markdown(summary),
+        TEMPLATES / "dataset_card.md",
+        title=title,
+        n_rows=len(rows),
+        expert=expert,
+        roles=people,
+        licence=project_licence(),
+        seeds={
+            "count": summary.get("seeds_total") or len({r.get("seed_id") for r in rows}),
+            "ours": ours,
+            "source": "an unrecorded source (no config/synthesize.yaml)"
+            if not recipe
+            else "teams-rl's built-in seed set"
+            if source == "builtin"
+            else f"`{source}`",
+        },
+        actions=", ".join(f"`{a}`" for a in (recipe.get("actions") or "").split(",") if a)
+        or ", ".join(f"`{a.name}`" for a in load_actions()),
+        policy=policy_section(name, meta, policy_recipe, policy_plots),
+        synthesis=synthesis_markdown(summary),
         synthesis_note=f"Merged from {len(merged)} shards ({summary.get('duplicates_dropped', 0)} duplicate rows "
-        "dropped); the per-shard counts are in `summary.json`." if merged else "See `summary.json`.",
+        "dropped); the per-shard counts are in `summary.json`."
+        if merged
+        else "See `summary.json`.",
         ledgers=[{"label": label, "table": ledger_markdown(path)} for path, label in ledgers if path.is_file()],
-        metrics=metrics, plots=_plots(attach(files, "plots", metric_plots)),
+        metrics=metrics,
+        plots=_plots(attach(files, "plots", metric_plots)),
         metrics_note="Not computed for this push (`--no-metrics`); `teams-rl metrics DATASET` computes them.",
         columns=", ".join(f"`{c}`" for c in dict.fromkeys(k for r in rows for k in r)),
-        recipes=reproduce(recipes), notes=notes, versions=framework_versions(),
-        embedded_expert=is_embedded(str(recipe.get("expert_model"))) if recipe else expert == upstream_id(
-            "smollm2-135m"))
+        recipes=reproduce(recipes),
+        notes=notes,
+        versions=framework_versions(),
+        embedded_expert=is_embedded(str(recipe.get("expert_model")))
+        if recipe
+        else expert == upstream_id("smollm2-135m"),
+    )
     return body, ours
 
 
@@ -247,17 +323,35 @@ def evaluation(folders: Iterable[Path]) -> tuple[list[dict], list[Path], Path | 
     return [], [], None
 
 
-def model_card(facts: dict, *, repo_id: str, revision: str | None, library: str, dataset: dict | None,
-               evaluation: list[dict], plots: Sequence[str], recipes: Sequence[str]) -> str:
+def model_card(
+    facts: dict,
+    *,
+    repo_id: str,
+    revision: str | None,
+    library: str,
+    dataset: dict | None,
+    evaluation: list[dict],
+    plots: Sequence[str],
+    recipes: Sequence[str],
+) -> str:
     """The SFT run's model card, rendered from its facts with the Hub's part: the repo, the data link, evaluation,
     plots and recipes."""
     from teams_rl.sft.card import render_model_card
 
     link = None
     if dataset:
-        link = (f"[`{dataset['repo_id']}`]({dataset['url']})"
-                + (f" at revision `{dataset['revision']}`" if dataset.get("revision") else "")
-                + (f" (commit `{dataset['commit'][:12]}`)" if dataset.get("commit") else ""))
-    hub = {"repo_id": repo_id, "revision": revision, "dataset": dataset, "dataset_link": link,
-           "evaluation": evaluation, "plots": _plots(plots), "recipes": reproduce(recipes)}
+        link = (
+            f"[`{dataset['repo_id']}`]({dataset['url']})"
+            + (f" at revision `{dataset['revision']}`" if dataset.get("revision") else "")
+            + (f" (commit `{dataset['commit'][:12]}`)" if dataset.get("commit") else "")
+        )
+    hub = {
+        "repo_id": repo_id,
+        "revision": revision,
+        "dataset": dataset,
+        "dataset_link": link,
+        "evaluation": evaluation,
+        "plots": _plots(plots),
+        "recipes": reproduce(recipes),
+    }
     return render_model_card(facts, hub=hub, library=library)

@@ -52,13 +52,16 @@ def find_dataset(run_dir: str | Path) -> Run:
         return Run(parent if (parent / "ledger.sqlite").is_file() or (parent / "config").is_dir() else path, path)
     if (path / "dataset" / ROWS_FILE).is_file():
         return Run(path, path / "dataset")
-    raise TeamsRLError("no dataset here (neither rows.jsonl nor dataset/rows.jsonl): run `teams-rl synthesize` first",
-                       file=str(run_dir))
+    raise TeamsRLError(
+        "no dataset here (neither rows.jsonl nor dataset/rows.jsonl): run `teams-rl synthesize` first",
+        file=str(run_dir),
+    )
 
 
 def _has_weights(folder: Path) -> bool:
     return (folder / "adapter_config.json").is_file() or (
-        (folder / "config.json").is_file() and any(folder.glob("*.safetensors")))
+        (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+    )
 
 
 def find_model(run_dir: str | Path, merged: bool = False) -> Run:
@@ -95,7 +98,7 @@ def repo_url(kind: str, repo_id: str, revision: str | None = None) -> str:
     return url + (f"/tree/{quote(revision, safe='')}" if revision and revision != "main" else "")
 
 
-# --- Hub access -------------------------------------------------------------------------------------------------------
+# --- Hub access ------------------------------------------------------------------------------------------------------
 def _require_token() -> None:
     """Fail before any request when the Hub is switched off or no login is known (only whether a token exists)."""
     from huggingface_hub import constants, get_token
@@ -103,8 +106,10 @@ def _require_token() -> None:
     if constants.HF_HUB_OFFLINE:
         raise TeamsRLError("HF_HUB_OFFLINE is set: pushing needs the Hub, unset it for this command")
     if not get_token():
-        raise TeamsRLError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (teams-rl never takes a token "
-                           "on the command line)")
+        raise TeamsRLError(
+            "no Hugging Face token: run `hf auth login` or set HF_TOKEN (teams-rl never takes a token "
+            "on the command line)"
+        )
 
 
 def _refuse_secrets(paths: Iterable[Path | bytes], texts: Iterable[str] = ()) -> None:
@@ -115,7 +120,12 @@ def _refuse_secrets(paths: Iterable[Path | bytes], texts: Iterable[str] = ()) ->
     if not needle:
         return
     for path in paths:
-        if isinstance(path, Path) and path.is_file() and path.stat().st_size < 64 << 20 and needle in path.read_bytes():
+        if (
+            isinstance(path, Path)
+            and path.is_file()
+            and path.stat().st_size < 64 << 20
+            and needle in path.read_bytes()
+        ):
             raise TeamsRLError("this file holds your Hub token: refusing to upload it", file=str(path))
     if any(needle in text.encode() for text in texts):
         raise TeamsRLError("a card would hold your Hub token: refusing to upload it")
@@ -142,18 +152,26 @@ def _guard(api, repo_id: str, kind: str, revision: str | None, overwrite: bool, 
     except RepositoryNotFoundError:
         return private
     try:
-        files = api.list_repo_files(repo_id, repo_type=kind, revision=revision) if revision else [
-            s.rfilename for s in info.siblings or []]
+        files = (
+            api.list_repo_files(repo_id, repo_type=kind, revision=revision)
+            if revision
+            else [s.rfilename for s in info.siblings or []]
+        )
     except RevisionNotFoundError:
         files = []
     held = [f for f in files if f != ".gitattributes"]
     if held and not overwrite:
-        raise TeamsRLError(f"{kind} repo {repo_id} already holds a push at revision '{revision or 'main'}' "
-                           f"({len(held)} files{', README.md' if 'README.md' in held else ''}): pass --overwrite to "
-                           "replace it, or push to another --revision")
+        raise TeamsRLError(
+            f"{kind} repo {repo_id} already holds a push at revision '{revision or 'main'}' "
+            f"({len(held)} files{', README.md' if 'README.md' in held else ''}): pass --overwrite to "
+            "replace it, or push to another --revision"
+        )
     if bool(info.private) != private:
-        logger.warning("%s already exists and is %s; its visibility is left as it is", repo_id,
-                       "private" if info.private else "public")
+        logger.warning(
+            "%s already exists and is %s; its visibility is left as it is",
+            repo_id,
+            "private" if info.private else "public",
+        )
     return bool(info.private)
 
 
@@ -167,32 +185,59 @@ def _prepare(api, repo_id: str, kind: str, revision: str | None, private: bool, 
         api.create_branch(repo_id, branch=revision, repo_type=kind, exist_ok=True)
     stale = [p for p in api.list_repo_files(repo_id, repo_type=kind, revision=revision) if p != ".gitattributes"]
     if stale:
-        api.create_commit(repo_id, [CommitOperationDelete(p) for p in stale], repo_type=kind, revision=revision,
-                          commit_message=f"{message}: remove the earlier push")
+        api.create_commit(
+            repo_id,
+            [CommitOperationDelete(p) for p in stale],
+            repo_type=kind,
+            revision=revision,
+            commit_message=f"{message}: remove the earlier push",
+        )
 
 
-def _commit(api, repo_id: str, kind: str, revision: str | None, files: dict[str, Path | bytes], message: str,
-            parent: str | None = None):
+def _commit(
+    api,
+    repo_id: str,
+    kind: str,
+    revision: str | None,
+    files: dict[str, Path | bytes],
+    message: str,
+    parent: str | None = None,
+):
     """One commit adding ``files`` (path in repo -> local file or bytes)."""
     from huggingface_hub import CommitOperationAdd
 
     ops = [CommitOperationAdd(path, data if isinstance(data, bytes) else str(data)) for path, data in files.items()]
-    return api.create_commit(repo_id, ops, commit_message=message, repo_type=kind, revision=revision,
-                             parent_commit=parent)
+    return api.create_commit(
+        repo_id, ops, commit_message=message, repo_type=kind, revision=revision, parent_commit=parent
+    )
 
 
 def _done(root: Path, kind: str, repo_id: str, revision: str | None, commit: str, private: bool, source: Path) -> dict:
-    entry = {"repo_id": repo_id, "revision": revision or "main", "commit": commit,
-             "url": repo_url(kind, repo_id, revision), "private": private,
-             "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": str(source)}
+    entry = {
+        "repo_id": repo_id,
+        "revision": revision or "main",
+        "commit": commit,
+        "url": repo_url(kind, repo_id, revision),
+        "private": private,
+        "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": str(source),
+    }
     record_push(root, kind, entry)
     logger.info("pushed %s to %s (commit %s); recorded in %s", source, entry["url"], commit[:12], root / HUB_FILE)
     return entry
 
 
 # --- Dataset ---------------------------------------------------------------------------------------------------------
-def push_dataset(run_dir: str | Path, repo_id: str, *, revision: str | None = None, public: bool = False,
-                 overwrite: bool = False, message: str | None = None, metrics: bool = True) -> dict:
+def push_dataset(
+    run_dir: str | Path,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    public: bool = False,
+    overwrite: bool = False,
+    message: str | None = None,
+    metrics: bool = True,
+) -> dict:
     """Upload the rows with ``Dataset.push_to_hub``, then the card, recipes, rejected rows, summary and plots in one
     more commit. Writes ``hub.json`` in the run folder and returns its entry."""
     from huggingface_hub import DatasetCard, HfApi
@@ -211,19 +256,29 @@ def push_dataset(run_dir: str | Path, repo_id: str, *, revision: str | None = No
     with tempfile.TemporaryDirectory(prefix="teams-rl-push-") as tmp:
         files: dict[str, Path | bytes] = {}
         cards.attach(files, ".", [run.folder / "rejected.jsonl", run.folder / "summary.json"])
-        body, seeds_ours = cards.dataset_card(run.root, run.folder, rows, summary, title=title, files=files,
-                                              plots_dir=Path(tmp) / "plots", compute_metrics=metrics)
+        body, seeds_ours = cards.dataset_card(
+            run.root,
+            run.folder,
+            rows,
+            summary,
+            title=title,
+            files=files,
+            plots_dir=Path(tmp) / "plots",
+            compute_metrics=metrics,
+        )
         _refuse_secrets([run.folder / ROWS_FILE, *files.values()], [body])
         with _hub_errors(repo_id, revision):
             _prepare(api, repo_id, "dataset", revision, not public, message)
             first = table.push_to_hub(repo_id, revision=revision, private=not public, commit_message=message)
-            card = DatasetCard.load(api.hf_hub_download(repo_id, "README.md", repo_type="dataset",
-                                                        revision=first.oid, cache_dir=tmp))
+            card = DatasetCard.load(
+                api.hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=first.oid, cache_dir=tmp)
+            )
             cards.dataset_metadata(card.data, n_rows=len(rows), title=title, seeds_ours=seeds_ours)
             card.text = body
             files["README.md"] = str(card).encode()
-            done = _commit(api, repo_id, "dataset", revision, files, f"{message}: card, recipes, plots",
-                           parent=first.oid)
+            done = _commit(
+                api, repo_id, "dataset", revision, files, f"{message}: card, recipes, plots", parent=first.oid
+            )
     return _done(run.root, "dataset", repo_id, revision, done.oid, private, run.folder)
 
 
@@ -236,15 +291,27 @@ def _table(folder: Path, rows: list[dict]):
     except (FileNotFoundError, ValueError):
         table = datasets.Dataset.from_list(rows)
     if len(table) != len(rows):
-        raise TeamsRLError(f"the datasets files hold {len(table)} rows but rows.jsonl {len(rows)}: the folder is "
-                           "inconsistent, re-run synthesize or merge", file=str(folder))
+        raise TeamsRLError(
+            f"the datasets files hold {len(table)} rows but rows.jsonl {len(rows)}: the folder is "
+            "inconsistent, re-run synthesize or merge",
+            file=str(folder),
+        )
     return table
 
 
 # --- Model -----------------------------------------------------------------------------------------------------------
-def push_model(run_dir: str | Path, repo_id: str, *, revision: str | None = None, public: bool = False,
-               overwrite: bool = False, message: str | None = None, merged: bool = False,
-               dataset_repo_id: str | None = None, dataset_revision: str | None = None) -> dict:
+def push_model(
+    run_dir: str | Path,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    public: bool = False,
+    overwrite: bool = False,
+    message: str | None = None,
+    merged: bool = False,
+    dataset_repo_id: str | None = None,
+    dataset_revision: str | None = None,
+) -> dict:
     """Upload the adapter (or full / merged model) with its SFT card extended: the dataset on the Hub, the eval
     table, the recipes and plots; one commit. Writes ``hub.json`` in the run folder and returns its entry."""
     from huggingface_hub import HfApi
@@ -261,23 +328,41 @@ def push_model(run_dir: str | Path, repo_id: str, *, revision: str | None = None
     api = HfApi()
     with _hub_errors(repo_id, revision):
         private = _guard(api, repo_id, "model", revision, overwrite, not public)
-    dataset = ({"repo_id": dataset_repo_id, "revision": dataset_revision, "commit": None,
-                "url": repo_url("dataset", dataset_repo_id, dataset_revision)} if dataset_repo_id
-               else read_pushes(run.root).get("dataset"))
+    dataset = (
+        {
+            "repo_id": dataset_repo_id,
+            "revision": dataset_revision,
+            "commit": None,
+            "url": repo_url("dataset", dataset_repo_id, dataset_revision),
+        }
+        if dataset_repo_id
+        else read_pushes(run.root).get("dataset")
+    )
     files: dict[str, Path | bytes] = {}  # the weights folder as it is, minus its card, hidden files and pickles
     for path in sorted(run.folder.rglob("*")):
         rel = path.relative_to(run.folder)
-        if path.is_file() and path.name not in ("README.md", "training_args.bin") and not any(
-                part.startswith(".") for part in rel.parts):
+        if (
+            path.is_file()
+            and path.name not in ("README.md", "training_args.bin")
+            and not any(part.startswith(".") for part in rel.parts)
+        ):
             files[rel.as_posix()] = path
     sft = run.sft or run.root
     evaluation, eval_plots, eval_recipe = cards.evaluation(dict.fromkeys(f / "eval" for f in (run.root, sft)))
-    recipes = cards.attach(files, "recipes", [sft / "config" / "sft.yaml", run.root / "config" / "sft.yaml",
-                                              eval_recipe])
+    recipes = cards.attach(
+        files, "recipes", [sft / "config" / "sft.yaml", run.root / "config" / "sft.yaml", eval_recipe]
+    )
     plots = cards.attach(files, "plots", [sft / "plots" / "loss.png", *eval_plots])
-    card = cards.model_card(facts, repo_id=repo_id,
-                            revision=revision, dataset=dataset, evaluation=evaluation, plots=plots, recipes=recipes,
-                            library="peft" if (run.folder / "adapter_config.json").is_file() else "transformers")
+    card = cards.model_card(
+        facts,
+        repo_id=repo_id,
+        revision=revision,
+        dataset=dataset,
+        evaluation=evaluation,
+        plots=plots,
+        recipes=recipes,
+        library="peft" if (run.folder / "adapter_config.json").is_file() else "transformers",
+    )
     _refuse_secrets(files.values(), [card])
     files["README.md"] = card.encode()
     message = message or f"Upload teams-rl model ({run.root.name})"
@@ -291,10 +376,16 @@ def push_model(run_dir: str | Path, repo_id: str, *, revision: str | None = None
 def _common(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help=f"A run folder, or the {what} folder itself.")
     parser.add_argument("--repo-id", required=True, metavar="USER/NAME", help="The Hub repo to push to.")
-    parser.add_argument("--revision", metavar="BRANCH", help="Push to this branch (made from main if missing); one "
-                        "branch per experiment. Default: main.")
-    parser.add_argument("--public", action="store_true", help="Make a new repo public (default: private). An "
-                        "existing repo keeps its visibility.")
+    parser.add_argument(
+        "--revision",
+        metavar="BRANCH",
+        help="Push to this branch (made from main if missing); one branch per experiment. Default: main.",
+    )
+    parser.add_argument(
+        "--public",
+        action="store_true",
+        help="Make a new repo public (default: private). An existing repo keeps its visibility.",
+    )
     parser.add_argument("--overwrite", action="store_true", help="Replace an earlier push at this revision.")
     parser.add_argument("--message", metavar="MSG", help="Commit message.")
 
@@ -302,34 +393,57 @@ def _common(parser: argparse.ArgumentParser, what: str) -> None:
 def cli(argv: list[str]) -> None:
     """The ``teams-rl push`` handler."""
     parser = argparse.ArgumentParser(
-        prog="teams-rl push", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="teams-rl push",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Upload a run's dataset or model to the Hugging Face Hub with its card, private by default.\n"
         "Log in first (`hf auth login`, or set HF_TOKEN): no token is ever taken on the command line.\n"
         "Each push is recorded in hub.json in the run folder.",
         epilog="examples:\n  teams-rl push dataset runs/demo --repo-id me/demo-data --revision exp-1\n"
-               "  teams-rl push model runs/demo --repo-id me/demo-model --revision exp-1  # links the dataset above")
+        "  teams-rl push model runs/demo --repo-id me/demo-model --revision exp-1  # links the dataset above",
+    )
     sub = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
-    data = sub.add_parser("dataset", help="The synthesized dataset: rows as parquet, card, recipes, plots.",
-                          description="Upload RUN_DIR/dataset (rows with their full lineage) with a dataset card: "
-                          "method, seeds, models per role, policy, LLM calls and tokens, rows kept and eliminated, "
-                          "metrics, plots, and the recipes to reproduce it.")
+    data = sub.add_parser(
+        "dataset",
+        help="The synthesized dataset: rows as parquet, card, recipes, plots.",
+        description="Upload RUN_DIR/dataset (rows with their full lineage) with a dataset card: "
+        "method, seeds, models per role, policy, LLM calls and tokens, rows kept and eliminated, "
+        "metrics, plots, and the recipes to reproduce it.",
+    )
     _common(data, "dataset")
-    data.add_argument("--no-metrics", action="store_true", help="Skip computing dataset metrics when eval/metrics.json "
-                      "is missing (computing them loads a small embedding model).")
-    model = sub.add_parser("model", help="The fine-tuned adapter or model, with its SFT card extended.",
-                           description="Upload the SFT adapter (or full model) with its card: base model, the dataset "
-                           "on the Hub, the SFT recipe, the evaluation table (base vs tuned, privacy AUC), plots.")
+    data.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="Skip computing dataset metrics when eval/metrics.json "
+        "is missing (computing them loads a small embedding model).",
+    )
+    model = sub.add_parser(
+        "model",
+        help="The fine-tuned adapter or model, with its SFT card extended.",
+        description="Upload the SFT adapter (or full model) with its card: base model, the dataset "
+        "on the Hub, the SFT recipe, the evaluation table (base vs tuned, privacy AUC), plots.",
+    )
     _common(model, "adapter or model")
     model.add_argument("--merged", action="store_true", help="Push sft/merged (the adapter merged into the base).")
-    model.add_argument("--dataset-repo-id", metavar="USER/NAME", help="The dataset repo to link (default: the "
-                       "dataset push recorded in RUN_DIR/hub.json).")
+    model.add_argument(
+        "--dataset-repo-id",
+        metavar="USER/NAME",
+        help="The dataset repo to link (default: the dataset push recorded in RUN_DIR/hub.json).",
+    )
     model.add_argument("--dataset-revision", metavar="BRANCH", help="Its revision (with --dataset-repo-id).")
     args = parser.parse_args(argv)
     common = {"revision": args.revision, "public": args.public, "overwrite": args.overwrite, "message": args.message}
     if args.kind == "dataset":
         entry = push_dataset(args.run_dir, args.repo_id, metrics=not args.no_metrics, **common)
     else:
-        entry = push_model(args.run_dir, args.repo_id, merged=args.merged, dataset_repo_id=args.dataset_repo_id,
-                           dataset_revision=args.dataset_revision, **common)
-    print(f"pushed {args.kind} ({'private' if entry['private'] else 'public'}, commit {entry['commit'][:12]}): "
-          f"{entry['url']}")
+        entry = push_model(
+            args.run_dir,
+            args.repo_id,
+            merged=args.merged,
+            dataset_repo_id=args.dataset_repo_id,
+            dataset_revision=args.dataset_revision,
+            **common,
+        )
+    print(
+        f"pushed {args.kind} ({'private' if entry['private'] else 'public'}, commit {entry['commit'][:12]}): "
+        f"{entry['url']}"
+    )

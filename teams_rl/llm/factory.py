@@ -24,25 +24,37 @@ class BackendPool:
         if kind == "transformers":
             from teams_rl.llm.transformers_backend import TransformersBackend
 
-            backend = TransformersBackend(settings["model"], dtype=settings.get("dtype", "auto"),
-                                          batch_size=settings.get("batch_size", 8), field=f"{role}_model")
+            backend = TransformersBackend(
+                settings["model"],
+                dtype=settings.get("dtype", "auto"),
+                batch_size=settings.get("batch_size", 8),
+                field=f"{role}_model",
+            )
         elif kind == "openai":
             from teams_rl.llm.openai_backend import OpenAIBackend
 
-            backend = OpenAIBackend(settings["model"], base_url=settings.get("base_url"),
-                                    api_key_env=settings.get("api_key_env", "OPENAI_API_KEY"),
-                                    concurrency=settings.get("batch_size", 16),
-                                    timeout_s=settings.get("timeout_s", 120.0), role=role)
+            backend = OpenAIBackend(
+                settings["model"],
+                base_url=settings.get("base_url"),
+                api_key_env=settings.get("api_key_env", "OPENAI_API_KEY"),
+                concurrency=settings.get("batch_size", 16),
+                timeout_s=settings.get("timeout_s", 120.0),
+                role=role,
+            )
         elif kind == "python":
             backend = _import_backend(settings["model"], role)
         elif kind == "vllm":
             # The protocol fits an in-process vLLM engine (batched generate, prompt logprobs for score), but it
             # is not written yet; a vLLM server behind the openai backend gives the same throughput today.
-            raise TeamsRLError("the in-process vllm backend is not available yet: run `vllm serve MODEL` and set "
-                               f"{role}_backend: openai and {role}_base_url: http://HOST:8000/v1", field=f"{role}_backend")
+            raise TeamsRLError(
+                "the in-process vllm backend is not available yet: run `vllm serve MODEL` and set "
+                f"{role}_backend: openai and {role}_base_url: http://HOST:8000/v1",
+                field=f"{role}_backend",
+            )
         else:
-            raise TeamsRLError(f"unknown backend '{kind}' (choose from {', '.join(BACKENDS)})",
-                               field=f"{role}_backend")
+            raise TeamsRLError(
+                f"unknown backend '{kind}' (choose from {', '.join(BACKENDS)})", field=f"{role}_backend"
+            )
         self._cache[key] = backend
         return backend
 
@@ -53,8 +65,12 @@ class BackendPool:
 
 
 def sampling_from(settings: dict, **override) -> SamplingParams:
-    values = {"temperature": settings["temperature"], "top_p": settings["top_p"],
-              "max_new_tokens": settings["max_new_tokens"], **override}
+    values = {
+        "temperature": settings["temperature"],
+        "top_p": settings["top_p"],
+        "max_new_tokens": settings["max_new_tokens"],
+        **override,
+    }
     return SamplingParams(**values)
 
 

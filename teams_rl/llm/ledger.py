@@ -90,20 +90,25 @@ class Ledger:
         with self.db:
             self.db.executemany(
                 "INSERT OR IGNORE INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [(k, ro, m, ki, json.dumps(rq), json.dumps(rs), pt, ct, lat, fr, now)
-                 for k, ro, m, ki, rq, rs, pt, ct, lat, fr in rows],
+                [
+                    (k, ro, m, ki, json.dumps(rq), json.dumps(rs), pt, ct, lat, fr, now)
+                    for k, ro, m, ki, rq, rs, pt, ct, lat, fr in rows
+                ],
             )
 
     def record_errors(self, role: str, model: str, kind: str, errors: Sequence[str]) -> None:
         if errors:
             now = time.time()
             with self.db:
-                self.db.executemany("INSERT INTO errors VALUES (?,?,?,?,?)", [(role, model, kind, e, now) for e in errors])
+                self.db.executemany(
+                    "INSERT INTO errors VALUES (?,?,?,?,?)", [(role, model, kind, e, now) for e in errors]
+                )
 
     def totals(self) -> dict[str, RoleTotals]:
         out: dict[str, RoleTotals] = {}
         for role, calls, pt, ct, lat in self.db.execute(
-            "SELECT role, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(latency_s) FROM calls GROUP BY role"
+            "SELECT role, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(latency_s) "
+            "FROM calls GROUP BY role"
         ):
             out[role] = RoleTotals(calls, pt or 0, ct or 0, lat or 0.0)
         for role, n in self.db.execute("SELECT role, COUNT(*) FROM errors GROUP BY role"):
@@ -150,9 +155,7 @@ class RoleClient:
         return self.backend.model_id
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        payloads = [
-            {"messages": list(r.messages), "sampling": r.sampling.to_dict(), "seed": r.seed} for r in requests
-        ]
+        payloads = [{"messages": list(r.messages), "sampling": r.sampling.to_dict(), "seed": r.seed} for r in requests]
         return self._run("generate", requests, payloads, self.backend.generate, GenerationResult)
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
@@ -183,9 +186,20 @@ class RoleClient:
                 if res.ok:
                     self._count(res)
                     record = {f: v for f, v in vars(res).items() if f != "cached"}
-                    rows.append((key, self.role, model, kind, payloads[missing[key][0]], record,
-                                 res.prompt_tokens, getattr(res, "completion_tokens", 0), res.latency_s,
-                                 getattr(res, "finish_reason", None)))
+                    rows.append(
+                        (
+                            key,
+                            self.role,
+                            model,
+                            kind,
+                            payloads[missing[key][0]],
+                            record,
+                            res.prompt_tokens,
+                            getattr(res, "completion_tokens", 0),
+                            res.latency_s,
+                            getattr(res, "finish_reason", None),
+                        )
+                    )
                 else:
                     self.stats.errors += 1
                     errors.append(res.error or "error")

@@ -38,8 +38,17 @@ def _failed(ref: str, err: Exception, field: str | None) -> TeamsRLError:
     return TeamsRLError(f"cannot load model '{ref}': {first}", field=field)
 
 
-def load_causal_lm(ref: str, *, dtype: str | None = "auto", device: str | None = None, revision: str | None = None,
-                   trust_remote_code: bool = False, model_class=None, field: str | None = None, **kwargs):
+def load_causal_lm(
+    ref: str,
+    *,
+    dtype: str | None = "auto",
+    device: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    model_class=None,
+    field: str | None = None,
+    **kwargs,
+):
     """``model_class`` (default ``AutoModelForCausalLM``) ``.from_pretrained`` on the resolved reference.
 
     ``device`` moves the model there after loading (not with a ``device_map`` or a quantized model); other keyword
@@ -51,8 +60,12 @@ def load_causal_lm(ref: str, *, dtype: str | None = "auto", device: str | None =
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
         model = (model_class or AutoModelForCausalLM).from_pretrained(
-            path, dtype=torch_dtype(dtype, device, field=field), revision=revision,
-            trust_remote_code=trust_remote_code, **kwargs)
+            path,
+            dtype=torch_dtype(dtype, device, field=field),
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            **kwargs,
+        )
     except (OSError, ValueError) as err:  # missing files, a folder that holds no model, an unreachable Hub id
         raise _failed(ref, err, field) from None
     if device is not None:
@@ -60,8 +73,15 @@ def load_causal_lm(ref: str, *, dtype: str | None = "auto", device: str | None =
     return model
 
 
-def load_tokenizer(ref: str, *, revision: str | None = None, trust_remote_code: bool = False,
-                   padding_side: str | None = None, pad_from_eos: bool = True, field: str | None = None):
+def load_tokenizer(
+    ref: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    padding_side: str | None = None,
+    pad_from_eos: bool = True,
+    field: str | None = None,
+):
     """The tokenizer of ``ref``, with ``padding_side`` set when given and (``pad_from_eos``) pad = eos when it has
     no pad token."""
     from transformers import AutoTokenizer

@@ -33,8 +33,9 @@ class ScriptedBackend:
             words = len(text.split())
             finish = "length" if words >= req.sampling.max_new_tokens else "stop"
             prompt_tokens = sum(len(m["content"].split()) for m in req.messages)
-            out.append(GenerationResult(text=text, finish_reason=finish, prompt_tokens=prompt_tokens,
-                                        completion_tokens=words))
+            out.append(
+                GenerationResult(text=text, finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=words)
+            )
         return out
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:

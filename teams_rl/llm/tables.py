@@ -22,8 +22,9 @@ def ledger_table(ledger: Ledger, title: str = "LLM calls per role (ledger)") -> 
     for role in roles:
         t = totals[role]
         mean = t.latency_s / t.calls if t.calls else 0.0
-        table.add_row(role, f"{t.calls:,}", f"{t.prompt_tokens:,}", f"{t.completion_tokens:,}", f"{mean:.3f}",
-                      f"{t.errors:,}")
+        table.add_row(
+            role, f"{t.calls:,}", f"{t.prompt_tokens:,}", f"{t.completion_tokens:,}", f"{mean:.3f}", f"{t.errors:,}"
+        )
     return table
 
 
@@ -51,7 +52,9 @@ def ledger_markdown(path: str | Path) -> str:
 
 def cli(argv: list[str]) -> None:
     """``teams-rl ledger RUN_DIR``."""
-    parser = argparse.ArgumentParser(prog="teams-rl ledger",
-                                     description="Print the LLM calls, tokens and latency per role recorded in a run folder.")
+    parser = argparse.ArgumentParser(
+        prog="teams-rl ledger",
+        description="Print the LLM calls, tokens and latency per role recorded in a run folder.",
+    )
     parser.add_argument("run_dir", help=f"A run folder holding {LEDGER_FILE}.")
     print_ledger(parser.parse_args(argv).run_dir)

@@ -66,8 +66,15 @@ class TransformersBackend:
         field: the recipe key that named the model, for error messages.
     """
 
-    def __init__(self, model: str, *, dtype: str = "auto", batch_size: int = 8, device: str | None = None,
-                 field: str | None = None):
+    def __init__(
+        self,
+        model: str,
+        *,
+        dtype: str = "auto",
+        batch_size: int = 8,
+        device: str | None = None,
+        field: str | None = None,
+    ):
         self.model_id = model
         self.dtype = dtype
         self.batch_size = batch_size
@@ -131,8 +138,14 @@ class TransformersBackend:
                 began = time.perf_counter()
                 with torch.inference_mode():
                     out = model.generate(
-                        input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
-                        temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
+                        input_ids=ids,
+                        attention_mask=mask,
+                        max_new_tokens=max_new,
+                        do_sample=False,
+                        temperature=None,
+                        top_p=None,
+                        top_k=None,
+                        pad_token_id=tokenizer.pad_token_id,
                         logits_processor=[sampler_cls([requests[i] for i in batch], self._device)],
                     )
                 share = (time.perf_counter() - began) / len(batch)
@@ -181,5 +194,7 @@ class TransformersBackend:
                 positions = range(keep - 1 - n, keep - 1)
                 logprobs[i][j] = float(sum(logp[row, pos, tok] for pos, tok in zip(positions, choice, strict=True)))
         share = (time.perf_counter() - began) / len(requests)
-        return [ScoreResult(logprobs=lp, prompt_tokens=n, latency_s=share)
-                for lp, n in zip(logprobs, prompt_len, strict=True)]
+        return [
+            ScoreResult(logprobs=lp, prompt_tokens=n, latency_s=share)
+            for lp, n in zip(logprobs, prompt_len, strict=True)
+        ]

@@ -14,43 +14,77 @@ from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.recipes import parse_args, recipe_line
 
 STAGE_ORDER = ("train-policy", "synthesize", "baseline", "sft", "evaluate", "push")
-UPSTREAM = {"train-policy": (), "synthesize": ("train-policy",), "baseline": (), "sft": ("synthesize",),
-            "evaluate": ("synthesize", "sft"), "push": ("synthesize", "sft", "evaluate")}
+UPSTREAM = {
+    "train-policy": (),
+    "synthesize": ("train-policy",),
+    "baseline": (),
+    "sft": ("synthesize",),
+    "evaluate": ("synthesize", "sft"),
+    "push": ("synthesize", "sft", "evaluate"),
+}
 
 
 @dataclass
 class PipelineArguments:
     """One experiment: which stage recipes to chain, what to change in them, and where the run lives."""
 
-    run_dir: str = field(default="runs/pipeline", metadata={
-        "help": "The run folder every stage writes into (policy/, dataset/, baseline-random/, sft/, eval/, report)."})
-    stages: list[str] = field(default_factory=lambda: list(STAGE_ORDER), metadata={
-        "help": "Stages to run, in order: train-policy synthesize baseline sft evaluate push. Leave one out to use "
-                "its recipe's own input instead (e.g. no train-policy: synthesis uses its recipe's policy)."})
+    run_dir: str = field(
+        default="runs/pipeline",
+        metadata={
+            "help": "The run folder every stage writes into (policy/, dataset/, baseline-random/, sft/, eval/, "
+            "report)."
+        },
+    )
+    stages: list[str] = field(
+        default_factory=lambda: list(STAGE_ORDER),
+        metadata={
+            "help": "Stages to run, in order: train-policy synthesize baseline sft evaluate push. Leave one out to "
+            "use its recipe's own input instead (e.g. no train-policy: synthesis uses its recipe's policy)."
+        },
+    )
     policy_recipe: str | None = field(default=None, metadata={"help": "train-policy recipe (policy/config_*.yaml)."})
-    policy_overrides: list[str] = field(default_factory=list, metadata={
-        "help": "key=value changes to the policy recipe, e.g. max_steps=12."})
-    policy_launcher: str | None = field(default=None, metadata={
-        "help": "Launch train-policy with this command + `-m teams_rl.policy`, e.g. 'accelerate launch "
-                "--config_file accelerate_configs/ddp.yaml'. Default: this Python."})
+    policy_overrides: list[str] = field(
+        default_factory=list, metadata={"help": "key=value changes to the policy recipe, e.g. max_steps=12."}
+    )
+    policy_launcher: str | None = field(
+        default=None,
+        metadata={
+            "help": "Launch train-policy with this command + `-m teams_rl.policy`, e.g. 'accelerate launch "
+            "--config_file accelerate_configs/ddp.yaml'. Default: this Python."
+        },
+    )
     synthesize_recipe: str | None = field(default=None, metadata={"help": "synthesize recipe (synthesize/*.yaml)."})
-    synthesize_overrides: list[str] = field(default_factory=list, metadata={
-        "help": "key=value changes to the synthesis recipe (also applied to the random baseline)."})
-    baseline_overrides: list[str] = field(default_factory=list, metadata={
-        "help": "key=value changes for the random baseline only (same seeds, the uniform-random policy)."})
+    synthesize_overrides: list[str] = field(
+        default_factory=list,
+        metadata={"help": "key=value changes to the synthesis recipe (also applied to the random baseline)."},
+    )
+    baseline_overrides: list[str] = field(
+        default_factory=list,
+        metadata={"help": "key=value changes for the random baseline only (same seeds, the uniform-random policy)."},
+    )
     sft_recipe: str | None = field(default=None, metadata={"help": "sft recipe (sft/config_*.yaml)."})
     sft_overrides: list[str] = field(default_factory=list, metadata={"help": "key=value changes to the SFT recipe."})
-    sft_launcher: str | None = field(default=None, metadata={
-        "help": "Launch SFT with this command + `-m teams_rl.sft`, e.g. 'accelerate launch --config_file "
-                "accelerate_configs/deepspeed_zero2.yaml'. Default: this Python."})
+    sft_launcher: str | None = field(
+        default=None,
+        metadata={
+            "help": "Launch SFT with this command + `-m teams_rl.sft`, e.g. 'accelerate launch --config_file "
+            "accelerate_configs/deepspeed_zero2.yaml'. Default: this Python."
+        },
+    )
     eval_recipe: str | None = field(default=None, metadata={"help": "evaluate recipe (eval/config.yaml)."})
     eval_overrides: list[str] = field(default_factory=list, metadata={"help": "key=value changes to the eval recipe."})
-    push_dataset_repo_id: str | None = field(default=None, metadata={"help": "push: the dataset's Hub repo (USER/NAME)."})
+    push_dataset_repo_id: str | None = field(
+        default=None, metadata={"help": "push: the dataset's Hub repo (USER/NAME)."}
+    )
     push_model_repo_id: str | None = field(default=None, metadata={"help": "push: the model's Hub repo (USER/NAME)."})
     push_revision: str | None = field(default=None, metadata={"help": "push: a branch per experiment (default main)."})
     push_public: bool = field(default=False, metadata={"help": "push: create public repos (default private)."})
-    push_overwrite: bool = field(default=False, metadata={
-        "help": "push: replace what an earlier push left at push_revision (otherwise such a push is refused)."})
+    push_overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "push: replace what an earlier push left at push_revision (otherwise such a push is refused)."
+        },
+    )
 
 
 @dataclass
@@ -65,8 +99,13 @@ class Stage:
 
 
 # Keys the pipeline sets so that stages find each other's outputs; overriding them would break the chain.
-FORCED = {"train-policy": {"output_dir"}, "synthesize": {"output_dir", "policy"}, "baseline": {"output_dir", "policy"},
-          "sft": {"output_dir", "dataset_name"}, "evaluate": {"output_dir", "tuned_model", "dataset", "privacy_sft_config"}}
+FORCED = {
+    "train-policy": {"output_dir"},
+    "synthesize": {"output_dir", "policy"},
+    "baseline": {"output_dir", "policy"},
+    "sft": {"output_dir", "dataset_name"},
+    "evaluate": {"output_dir", "tuned_model", "dataset", "privacy_sft_config"},
+}
 
 
 def _flags(pairs: list[str], option: str, stage: str, recipe: str | None) -> list[str]:
@@ -74,11 +113,16 @@ def _flags(pairs: list[str], option: str, stage: str, recipe: str | None) -> lis
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or not key.strip():
-            raise TeamsRLError(f"expected key=value, got '{pair}'", file=recipe, line=recipe_line(recipe, option),
-                               field=option)
+            raise TeamsRLError(
+                f"expected key=value, got '{pair}'", file=recipe, line=recipe_line(recipe, option), field=option
+            )
         if key.strip() in FORCED.get(stage, ()):
-            raise TeamsRLError(f"'{key.strip()}' is set by the pipeline (from run_dir) so stages find each other",
-                               file=recipe, line=recipe_line(recipe, option), field=option)
+            raise TeamsRLError(
+                f"'{key.strip()}' is set by the pipeline (from run_dir) so stages find each other",
+                file=recipe,
+                line=recipe_line(recipe, option),
+                field=option,
+            )
         out += [f"--{key.strip()}", *shlex.split(value)]
     return out
 
@@ -107,23 +151,47 @@ def plan(args: PipelineArguments, recipe: str | None = None) -> list[Stage]:
     """The stages to run with their exact command lines, in order."""
     unknown = [s for s in args.stages if s not in STAGE_ORDER]
     if unknown:
-        raise TeamsRLError(f"unknown stage '{unknown[0]}' (choose from {', '.join(STAGE_ORDER)})", file=recipe,
-                           line=recipe_line(recipe, "stages"), field="stages")
+        raise TeamsRLError(
+            f"unknown stage '{unknown[0]}' (choose from {', '.join(STAGE_ORDER)})",
+            file=recipe,
+            line=recipe_line(recipe, "stages"),
+            field="stages",
+        )
     run = Path(args.run_dir)
     on = [s for s in STAGE_ORDER if s in args.stages]
     stages: dict[str, Stage] = {}
 
-    def add(name: str, commands: list[list[str]], marker: Path, outputs: list[Path], stage_recipe: str | None,
-            argv: list[str], note: str = "") -> None:
+    def add(
+        name: str,
+        commands: list[list[str]],
+        marker: Path,
+        outputs: list[Path],
+        stage_recipe: str | None,
+        argv: list[str],
+        note: str = "",
+    ) -> None:
         ups = [stages[u].fingerprint for u in UPSTREAM[name] if u in stages]
-        stages[name] = Stage(name, commands, marker, outputs, _fingerprint(argv, stage_recipe, ups), stage_recipe, note)
+        stages[name] = Stage(
+            name, commands, marker, outputs, _fingerprint(argv, stage_recipe, ups), stage_recipe, note
+        )
 
     if "train-policy" in on:
         r = _need(args.policy_recipe, "policy_recipe", "train-policy", recipe)
-        argv = ["--config", r, *_flags(args.policy_overrides, "policy_overrides", "train-policy", recipe),
-                "--output_dir", str(run)]
-        add("train-policy", [_launcher(args.policy_launcher, "teams_rl.policy", "train-policy") + argv],
-            run / "policy" / "policy.json", [run / "policy", run / "plots", run / "runs"], r, argv)
+        argv = [
+            "--config",
+            r,
+            *_flags(args.policy_overrides, "policy_overrides", "train-policy", recipe),
+            "--output_dir",
+            str(run),
+        ]
+        add(
+            "train-policy",
+            [_launcher(args.policy_launcher, "teams_rl.policy", "train-policy") + argv],
+            run / "policy" / "policy.json",
+            [run / "policy", run / "plots", run / "runs"],
+            r,
+            argv,
+        )
     synth_flags = _flags(args.synthesize_overrides, "synthesize_overrides", "synthesize", recipe)
     for name in ("synthesize", "baseline"):
         if name not in on:
@@ -139,31 +207,69 @@ def plan(args: PipelineArguments, recipe: str | None = None) -> list[Stage]:
         commands = [_python("teams_rl.cli", "synthesize") + argv]
         if name == "baseline":  # the baseline's dataset metrics, for the policy-vs-random comparison
             commands.append(_python("teams_rl.cli", "metrics", str(out / "dataset"), "--output_dir", str(out)))
-        add(name, commands, out / ("eval/metrics.json" if name == "baseline" else "dataset/summary.json"),
-            [out / "dataset", out / "eval"], r, argv)
+        add(
+            name,
+            commands,
+            out / ("eval/metrics.json" if name == "baseline" else "dataset/summary.json"),
+            [out / "dataset", out / "eval"],
+            r,
+            argv,
+        )
     if "sft" in on:
         r = _need(args.sft_recipe, "sft_recipe", "sft", recipe)
-        argv = ["--config", r, *_flags(args.sft_overrides, "sft_overrides", "sft", recipe), "--output_dir",
-                str(run / "sft"), *(["--dataset_name", str(run / "dataset")] if "synthesize" in on else [])]
-        add("sft", [_launcher(args.sft_launcher, "teams_rl.sft", "sft") + argv],
-            run / "sft" / _sft_weights(argv, recipe) / "README.md", [run / "sft"], r, argv)
+        argv = [
+            "--config",
+            r,
+            *_flags(args.sft_overrides, "sft_overrides", "sft", recipe),
+            "--output_dir",
+            str(run / "sft"),
+            *(["--dataset_name", str(run / "dataset")] if "synthesize" in on else []),
+        ]
+        add(
+            "sft",
+            [_launcher(args.sft_launcher, "teams_rl.sft", "sft") + argv],
+            run / "sft" / _sft_weights(argv, recipe) / "README.md",
+            [run / "sft"],
+            r,
+            argv,
+        )
     if "evaluate" in on:
         r = _need(args.eval_recipe, "eval_recipe", "evaluate", recipe)
-        argv = ["--config", r, *_flags(args.eval_overrides, "eval_overrides", "evaluate", recipe),
-                "--output_dir", str(run)]
+        argv = [
+            "--config",
+            r,
+            *_flags(args.eval_overrides, "eval_overrides", "evaluate", recipe),
+            "--output_dir",
+            str(run),
+        ]
         if "sft" in on:
-            argv += ["--tuned_model", str(stages["sft"].done_marker.parent),
-                     "--privacy_sft_config", str(run / "sft" / "config" / "sft.yaml")]
+            argv += [
+                "--tuned_model",
+                str(stages["sft"].done_marker.parent),
+                "--privacy_sft_config",
+                str(run / "sft" / "config" / "sft.yaml"),
+            ]
         if "synthesize" in on:
             argv += ["--dataset", str(run / "dataset")]
-        add("evaluate", [_python("teams_rl.cli", "evaluate") + argv], run / "eval" / "results.json",
-            [run / "eval"], r, argv)
+        add(
+            "evaluate",
+            [_python("teams_rl.cli", "evaluate") + argv],
+            run / "eval" / "results.json",
+            [run / "eval"],
+            r,
+            argv,
+        )
     if "push" in on:
-        common = [*(["--revision", args.push_revision] if args.push_revision else []),
-                  *(["--public"] if args.push_public else []), *(["--overwrite"] if args.push_overwrite else [])]
-        commands = [_python("teams_rl.cli", "push", kind, str(run), "--repo-id", repo, *common)
-                    for kind, repo in (("dataset", args.push_dataset_repo_id), ("model", args.push_model_repo_id))
-                    if repo]
+        common = [
+            *(["--revision", args.push_revision] if args.push_revision else []),
+            *(["--public"] if args.push_public else []),
+            *(["--overwrite"] if args.push_overwrite else []),
+        ]
+        commands = [
+            _python("teams_rl.cli", "push", kind, str(run), "--repo-id", repo, *common)
+            for kind, repo in (("dataset", args.push_dataset_repo_id), ("model", args.push_model_repo_id))
+            if repo
+        ]
         argv = [c for cmd in commands for c in cmd[3:]]
         note = "" if commands else "nothing to push: set push_dataset_repo_id and/or push_model_repo_id"
         add("push", [c for c in commands if not _pushed(run, c)], run / "hub.json", [], None, argv, note)
@@ -181,8 +287,13 @@ def _pushed(run: Path, command: list[str]) -> bool:
     return entry.get("repo_id") == repo and (entry.get("revision") or "main") == (revision or "main")
 
 
-OVERRIDES = {"train-policy": "policy_overrides", "synthesize": "synthesize_overrides",
-             "baseline": "baseline_overrides", "sft": "sft_overrides", "evaluate": "eval_overrides"}
+OVERRIDES = {
+    "train-policy": "policy_overrides",
+    "synthesize": "synthesize_overrides",
+    "baseline": "baseline_overrides",
+    "sft": "sft_overrides",
+    "evaluate": "eval_overrides",
+}
 
 
 def parse_stage(name: str, argv: list[str], recipe: str | None = None) -> tuple:
@@ -213,6 +324,4 @@ def validate(stages: list[Stage], recipe: str | None = None) -> None:
     """Parse every stage's command line now, so a typo in a recipe or an override fails before hours of work."""
     for stage in stages:
         if stage.recipe and stage.name != "sft":  # sft was parsed by plan()
-            parse_stage(stage.name, stage.commands[0][stage.commands[0].index("--config"):], recipe)
-
-
+            parse_stage(stage.name, stage.commands[0][stage.commands[0].index("--config") :], recipe)

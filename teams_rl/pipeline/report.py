@@ -42,8 +42,7 @@ def print_plan(stages, state: dict, run_dir: Path, console) -> None:
     console.print(table)
     for stage in stages:
         for command in stage.commands:
-            console.print(f"[bold]{stage.name}[/bold]: {shlex.join(_short(command))}", soft_wrap=True,
-                          highlight=False)
+            console.print(f"[bold]{stage.name}[/bold]: {shlex.join(_short(command))}", soft_wrap=True, highlight=False)
 
 
 def _short(command: list[str]) -> list[str]:
@@ -71,12 +70,18 @@ def write_report(run_dir: Path, stages) -> Path:
     if policy_metrics and random_metrics:
         from teams_rl.evaluate.plots import action_mix_by_policy
 
-        action_mix_by_policy({_policy_label(run_dir): policy_metrics, "random": random_metrics},
-                             run_dir / "plots" / "action_mix_by_policy.png")
-    lines = [f"# teams-rl run: `{run_dir.name}`", "",
-             f"Recipe `{state.get('recipe')}`; report written {time.strftime('%Y-%m-%d %H:%M')}. TeaMs-RL "
-             "([arXiv 2403.08694](https://arxiv.org/abs/2403.08694)): a trained instructor picks the rewrites, the "
-             "expert executes and answers them, a model is fine-tuned on the result.", ""]
+        action_mix_by_policy(
+            {_policy_label(run_dir): policy_metrics, "random": random_metrics},
+            run_dir / "plots" / "action_mix_by_policy.png",
+        )
+    lines = [
+        f"# teams-rl run: `{run_dir.name}`",
+        "",
+        f"Recipe `{state.get('recipe')}`; report written {time.strftime('%Y-%m-%d %H:%M')}. TeaMs-RL "
+        "([arXiv 2403.08694](https://arxiv.org/abs/2403.08694)): a trained instructor picks the rewrites, the "
+        "expert executes and answers them, a model is fine-tuned on the result.",
+        "",
+    ]
     lines += _stage_table(stages, state)
     lines += _summary(run_dir, policy_metrics, random_metrics)
     lines += _queries(run_dir)
@@ -86,9 +91,14 @@ def write_report(run_dir: Path, stages) -> Path:
     for rel, caption in PLOTS:
         if (run_dir / rel).is_file():
             lines += [f"**{caption}**", "", f"![{caption}]({rel})", ""]
-    lines += ["## Files", "", "`config/` resolved recipes, `ledger.sqlite` every LLM call, `logs/` each stage's "
-              "output, `policy/`, `dataset/` (+ rows.jsonl, rejected.jsonl), `baseline-random/`, `sft/`, `eval/`, "
-              "`pipeline.json` stage state.", ""]
+    lines += [
+        "## Files",
+        "",
+        "`config/` resolved recipes, `ledger.sqlite` every LLM call, `logs/` each stage's "
+        "output, `policy/`, `dataset/` (+ rows.jsonl, rejected.jsonl), `baseline-random/`, `sft/`, `eval/`, "
+        "`pipeline.json` stage state.",
+        "",
+    ]
     text = "\n".join(lines)
     atomic_write_text(run_dir / "report.md", text)
     atomic_write_text(run_dir / "report.html", to_html(text, f"teams-rl run: {run_dir.name}"))
@@ -140,10 +150,16 @@ def _summary(run_dir: Path, policy: dict | None, random: dict | None) -> list[st
         return []
     label = _policy_label(run_dir)
     head = f"| | {label} |" + (" random (Evol-Instruct) | ratio |" if random else "")
-    lines = ["## Summary: trained policy vs random", "",
-             "Same seeds, models and recipe; only the policy differs. Ratio = policy / random." if random else
-             "No random baseline in this run (add `baseline` to `stages` to compare).", "", head,
-             "|---|---:|" + ("---:|---:|" if random else "")]
+    lines = [
+        "## Summary: trained policy vs random",
+        "",
+        "Same seeds, models and recipe; only the policy differs. Ratio = policy / random."
+        if random
+        else "No random baseline in this run (add `baseline` to `stages` to compare).",
+        "",
+        head,
+        "|---|---:|" + ("---:|---:|" if random else ""),
+    ]
     for name, keys, kind, higher in SUMMARY_ROWS:
         a, b = _get(policy, *keys), _get(random, *keys)
         if a is None and b is None:
@@ -165,12 +181,23 @@ def _queries(run_dir: Path) -> list[str]:
     from teams_rl.llm.tables import ledger_markdown
 
     lines = []
-    for name, path in (("Run (policy training + synthesis)", run_dir / "ledger.sqlite"),
-                       ("Random baseline", run_dir / "baseline-random" / "ledger.sqlite")):
+    for name, path in (
+        ("Run (policy training + synthesis)", run_dir / "ledger.sqlite"),
+        ("Random baseline", run_dir / "baseline-random" / "ledger.sqlite"),
+    ):
         if path.is_file():
             lines += [f"**{name}**", "", ledger_markdown(path), ""]
-    return ["## Queries per role (ledgers)", "", *lines, "The instructor runs in-process (one forward pass per "
-            "choice) and is not an LLM query.", ""] if lines else []
+    return (
+        [
+            "## Queries per role (ledgers)",
+            "",
+            *lines,
+            "The instructor runs in-process (one forward pass per choice) and is not an LLM query.",
+            "",
+        ]
+        if lines
+        else []
+    )
 
 
 def _policy(run_dir: Path) -> list[str]:
@@ -180,9 +207,17 @@ def _policy(run_dir: Path) -> list[str]:
     meta = _load(run_dir / "policy" / "policy.json")
     if not meta:
         return []
-    return ["## Policy", "", f"{meta.get('algorithm', meta.get('kind'))} on `{meta.get('base_model')}`, "
-            f"{meta.get('steps', '?')} steps" + (f", stopped: {meta['stopped']}" if meta.get("stopped") else "")
-            + ". P(action) on probe states before and after training:", "", markdown_table(policy_table(meta)), ""]
+    return [
+        "## Policy",
+        "",
+        f"{meta.get('algorithm', meta.get('kind'))} on `{meta.get('base_model')}`, "
+        f"{meta.get('steps', '?')} steps"
+        + (f", stopped: {meta['stopped']}" if meta.get("stopped") else "")
+        + ". P(action) on probe states before and after training:",
+        "",
+        markdown_table(policy_table(meta)),
+        "",
+    ]
 
 
 def _evaluation(run_dir: Path) -> list[str]:
@@ -196,11 +231,20 @@ def _evaluation(run_dir: Path) -> list[str]:
     if results.get("table"):
         lines += ["## Base vs tuned (lm-eval)", "", lmeval.markdown_table(results["table"])]
     if results.get("privacy"):
-        lines += ["## Membership inference (privacy)", "", "ROC AUC near 0.5: the model does not tell its training "
-                  "rows from held-out ones.", "", privacy_markdown(results), ""]
+        lines += [
+            "## Membership inference (privacy)",
+            "",
+            "ROC AUC near 0.5: the model does not tell its training rows from held-out ones.",
+            "",
+            privacy_markdown(results),
+            "",
+        ]
         if results["privacy"]["non_members"] < 20:
-            lines += [f"Only {results['privacy']['non_members']} non-members (the rows SFT held out): these AUCs "
-                      "and their intervals say little; hold out more rows (`test_split_size`) for a real test.", ""]
+            lines += [
+                f"Only {results['privacy']['non_members']} non-members (the rows SFT held out): these AUCs "
+                "and their intervals say little; hold out more rows (`test_split_size`) for a real test.",
+                "",
+            ]
     return lines
 
 
@@ -223,5 +267,7 @@ def to_html(markdown: str, title: str) -> str:
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark").enable("table").render(markdown)
-    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style></head>"
-            f"<body>\n{body}</body></html>\n")
+    return (
+        f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style></head>"
+        f"<body>\n{body}</body></html>\n"
+    )

@@ -21,13 +21,18 @@ from teams_rl.pipeline.state import read_state, status_of, write_state
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class RunOptions:
     """How to run the pipeline now (not part of the experiment)."""
 
-    dry_run: bool = field(default=False, metadata={"help": "Print the stages, their commands and what is done; run nothing."})
-    redo: str | None = field(default=None, metadata={
-        "help": "Run this stage and every later one again; their old outputs move to RUN_DIR/superseded/."})
+    dry_run: bool = field(
+        default=False, metadata={"help": "Print the stages, their commands and what is done; run nothing."}
+    )
+    redo: str | None = field(
+        default=None,
+        metadata={"help": "Run this stage and every later one again; their old outputs move to RUN_DIR/superseded/."},
+    )
 
 
 def _supersede(run_dir: Path, stages: list[Stage], first: str, state: dict) -> None:
@@ -35,7 +40,7 @@ def _supersede(run_dir: Path, stages: list[Stage], first: str, state: dict) -> N
     if first not in names:
         raise TeamsRLError(f"--redo {first}: not a stage of this pipeline ({', '.join(names)})", field="redo")
     moved = run_dir / "superseded" / time.strftime("%Y%m%d-%H%M%S")
-    for stage in stages[names.index(first):]:
+    for stage in stages[names.index(first) :]:
         for path in stage.outputs:
             if path.exists():
                 target = moved / path.relative_to(run_dir)
@@ -64,8 +69,9 @@ def _tee(command: list[str], log: Path) -> int:
         return proc.wait()
 
 
-def execute(args: PipelineArguments, stages: list[Stage], recipe: str | None, redo: str | None = None,
-            console=None) -> dict:
+def execute(
+    args: PipelineArguments, stages: list[Stage], recipe: str | None, redo: str | None = None, console=None
+) -> dict:
     """Run what is not done yet, in order; returns the final state. Raises on a stage that fails."""
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -92,9 +98,11 @@ def _execute(args, stages, recipe, redo, console, run_dir: Path) -> dict:
         _supersede(run_dir, stages, redo, state)
     changed = [s.name for s in stages if status_of(s, state) == "changed"]
     if changed:
-        raise TeamsRLError(f"stage '{changed[0]}' finished with another recipe or input than it has now: re-run with "
-                           f"--redo {changed[0]} (its old outputs move to superseded/), or use a new run_dir",
-                           file=recipe)
+        raise TeamsRLError(
+            f"stage '{changed[0]}' finished with another recipe or input than it has now: re-run with "
+            f"--redo {changed[0]} (its old outputs move to superseded/), or use a new run_dir",
+            file=recipe,
+        )
     state["recipe"] = recipe
     state["pipeline"] = dataclasses.asdict(args)
     for stage in stages:
@@ -104,8 +112,12 @@ def _execute(args, stages, recipe, redo, console, run_dir: Path) -> dict:
             continue
         _say(console, f"[bold]{stage.name}[/bold]: {'resuming' if status != 'to run' else 'running'}")
         began = time.time()
-        entry = state["stages"][stage.name] = {"status": "running", "fingerprint": stage.fingerprint,
-                                               "started": began, "commands": [shlex.join(c) for c in stage.commands]}
+        entry = state["stages"][stage.name] = {
+            "status": "running",
+            "fingerprint": stage.fingerprint,
+            "started": began,
+            "commands": [shlex.join(c) for c in stage.commands],
+        }
         write_state(run_dir, state)
         try:
             for command in stage.commands:
@@ -125,9 +137,11 @@ def _execute(args, stages, recipe, redo, console, run_dir: Path) -> dict:
 
 class StageFailed(Exception):
     def __init__(self, stage: str, code: int, run_dir: Path):
-        super().__init__(f"stage '{stage}' failed (exit code {code}); its log: {run_dir / 'logs' / (stage + '.log')}. "
-                         "Fix the cause and run the same command again: finished stages are skipped and this one "
-                         "resumes from its checkpoint or ledger")
+        super().__init__(
+            f"stage '{stage}' failed (exit code {code}); its log: {run_dir / 'logs' / (stage + '.log')}. "
+            "Fix the cause and run the same command again: finished stages are skipped and this one "
+            "resumes from its checkpoint or ledger"
+        )
         self.code = code
 
 

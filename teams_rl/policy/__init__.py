@@ -19,8 +19,9 @@ class Policy(Protocol):
     def select(self, states: Sequence[State]) -> list[str]: ...
 
 
-def load_policy(ref: str, actions: Sequence[Action], run_seed: int = 0, *, sample: bool = False,
-                temperature: float = 1.0) -> Policy:
+def load_policy(
+    ref: str, actions: Sequence[Action], run_seed: int = 0, *, sample: bool = False, temperature: float = 1.0
+) -> Policy:
     """``random`` (the Evol-Instruct baseline) or a policy folder written by ``teams-rl train-policy``.
 
     ``sample`` draws trained policies' actions (seeded per state) instead of taking the most likely one.

@@ -1,4 +1,4 @@
-"""``python -m teams_rl.policy`` (and ``accelerate launch -m teams_rl.policy``): the same as ``teams-rl train-policy``."""
+"""``python -m teams_rl.policy`` (and ``accelerate launch -m teams_rl.policy``): ``teams-rl train-policy``."""
 
 from teams_rl.core.entry import stage_main
 

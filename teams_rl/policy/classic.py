@@ -33,8 +33,13 @@ class ClassicConfig:
     output_dir: str = field(default="runs/classic", metadata={"help": "Run folder (ledger, config, policy/, plots/)."})
     seed: int = field(default=42, metadata={"help": "Run seed: network init, action sampling, rewriter seeds."})
     iterations: int = field(default=50, metadata={"help": "TRPO updates."})
-    rollout_steps: int = field(default=6, metadata={"help": "Env steps per update; each step acts in every episode "
-                                                              "slot, so an update sees rollout_steps x slots moves."})
+    rollout_steps: int = field(
+        default=6,
+        metadata={
+            "help": "Env steps per update; each step acts in every episode "
+            "slot, so an update sees rollout_steps x slots moves."
+        },
+    )
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64], metadata={"help": "MLP hidden layers."})
     max_kl: float = field(default=0.01, metadata={"help": "TRPO trust region: largest mean KL(old || new)."})
     damping: float = field(default=0.1, metadata={"help": "Added to the Fisher matrix (F + damping I)."})
@@ -43,12 +48,17 @@ class ClassicConfig:
     lam: float = field(default=0.97, metadata={"help": "GAE lambda."})
     value_lr: float = field(default=1e-3, metadata={"help": "Value MLP learning rate (Adam)."})
     value_iters: int = field(default=20, metadata={"help": "Value MLP gradient steps per update."})
-    state_features: str = field(default="last_action", metadata={
-        "help": "last_action (the original: one-hot of the last action + depth) or embedding (also a sentence "
-                "embedding of the current instruction)."})
+    state_features: str = field(
+        default="last_action",
+        metadata={
+            "help": "last_action (the original: one-hot of the last action + depth) or embedding (also a sentence "
+            "embedding of the current instruction)."
+        },
+    )
     state_embedding_model: str = field(default="minilm", metadata={"help": "Embedder of state_features: embedding."})
-    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard (under <output_dir>/tensorboard) "
-                                                                     "or none."})
+    report_to: str = field(
+        default="tensorboard", metadata={"help": "tensorboard (under <output_dir>/tensorboard) or none."}
+    )
     logging_steps: int = field(default=1, metadata={"help": "Log every N updates."})
 
 
@@ -80,8 +90,9 @@ class Features:
             return x
         new = list(dict.fromkeys(s.instruction for s in states if s.instruction not in self._cache))
         if new:
-            vectors = self.embedder.encode(new, normalize_embeddings=True, convert_to_tensor=True,
-                                           show_progress_bar=False)
+            vectors = self.embedder.encode(
+                new, normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False
+            )
             self._cache.update(zip(new, vectors.float().cpu(), strict=True))
         return torch.cat([x, torch.stack([self._cache[s.instruction] for s in states])], dim=1)
 
@@ -212,8 +223,7 @@ def train(setup, config: ClassicConfig) -> Path:
                 last = value(features([setup.pool.state(i) for i in slots])).squeeze(-1)
             adv, returns = gae(rews, values, dones, last, config.gamma, config.lam)
             flat_obs, adv = obs.flatten(0, 1), adv.flatten()
-            stats = trpo_step(policy, flat_obs, acts.flatten(), (adv - adv.mean()) / (adv.std() + 1e-8),
-                              config)
+            stats = trpo_step(policy, flat_obs, acts.flatten(), (adv - adv.mean()) / (adv.std() + 1e-8), config)
             for _ in range(config.value_iters):
                 value_loss = (value(flat_obs).squeeze(-1) - returns.flatten()).pow(2).mean()
                 value_opt.zero_grad()
@@ -225,9 +235,12 @@ def train(setup, config: ClassicConfig) -> Path:
             per_update.append(env_stats["reward_mean"])
             bar.set_postfix(reward=f"{sum(per_update[-5:]) / len(per_update[-5:]):.3f}", kl=f"{stats['kl']:.4f}")
             if (it + 1) % max(1, config.logging_steps) == 0:
-                logs = {**{f"env/{k}": v for k, v in env_stats.items()}, **{f"trpo/{k}": v for k, v in stats.items()},
-                        "trpo/value_loss": value_loss.item(),
-                        **{f"calls/{role}": n for role, n in setup.calls().items()}}
+                logs = {
+                    **{f"env/{k}": v for k, v in env_stats.items()},
+                    **{f"trpo/{k}": v for k, v in stats.items()},
+                    "trpo/value_loss": value_loss.item(),
+                    **{f"calls/{role}": n for role, n in setup.calls().items()},
+                }
                 logger.info("update %d: %s", it + 1, {k: round(v, 4) for k, v in logs.items()})
                 if writer:
                     for key, v in logs.items():
@@ -247,11 +260,20 @@ def train(setup, config: ClassicConfig) -> Path:
     plot_training(reward.history, setup.run_dir / "plots", title="classic")
     with atomic_folder(setup.policy_dir) as tmp:
         save_file(policy.state_dict(), str(tmp / WEIGHTS))
-        write_policy_meta(tmp, "classic", names, algorithm="classic", state_features=config.state_features,
-                          hidden=list(config.hidden_sizes), depth=setup.policy_args.depth,
-                          embedding_model=config.state_embedding_model if embedder else None,
-                          reward_per_update=[round(r, 4) for r in per_update], stopped=stopped,
-                          probe_before=before, probe_after=probe_actions())
+        write_policy_meta(
+            tmp,
+            "classic",
+            names,
+            algorithm="classic",
+            state_features=config.state_features,
+            hidden=list(config.hidden_sizes),
+            depth=setup.policy_args.depth,
+            embedding_model=config.state_embedding_model if embedder else None,
+            reward_per_update=[round(r, 4) for r in per_update],
+            stopped=stopped,
+            probe_before=before,
+            probe_after=probe_actions(),
+        )
     return setup.policy_dir
 
 
@@ -269,8 +291,9 @@ class ClassicPolicy:
         meta = read_policy_meta(folder)
         missing = [n for n in meta["actions"] if n not in {a.name for a in actions}]
         if missing:
-            raise TeamsRLError(f"the policy was trained with actions {meta['actions']}; missing now: {missing}",
-                               field="actions")
+            raise TeamsRLError(
+                f"the policy was trained with actions {meta['actions']}; missing now: {missing}", field="actions"
+            )
         embedder = load_embedder(meta["embedding_model"]) if meta["state_features"] == "embedding" else None
         features = Features(meta["actions"], meta["depth"], meta["state_features"], embedder)
         net = mlp([features.size, *meta["hidden"], len(meta["actions"])])

@@ -33,21 +33,32 @@ class GRPOPolicyConfig(GRPOConfig):
 
     output_dir: str | None = field(default="runs/grpo", metadata={"help": "Run folder (ledger, policy, plots, logs)."})
     max_completion_length: int | None = field(
-        default=1, metadata={"help": "Must be 1: the answer is one menu digit (the action mask allows nothing else)."})
+        default=1, metadata={"help": "Must be 1: the answer is one menu digit (the action mask allows nothing else)."}
+    )
     num_generations: int | None = field(default=4, metadata={"help": "Answers per state (the GRPO group)."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Answers per step (states x group)."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (LoRA-sized)."})
-    beta: float = field(default=0.02, metadata={"help": "KL to the starting policy (adapter off); keeps some "
-                                                        "exploration over the menu. 0 skips the reference pass."})
+    beta: float = field(
+        default=0.02,
+        metadata={
+            "help": "KL to the starting policy (adapter off); keeps some "
+            "exploration over the menu. 0 skips the reference pass."
+        },
+    )
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
     report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "tensorboard, wandb, none..."})
-    save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints (the policy is saved at the end)."})
+    save_strategy: str = field(
+        default="no", metadata={"help": "Trainer checkpoints (the policy is saved at the end)."}
+    )
     # None, not TRL's True: transformers 5 renamed it activation_checkpointing and warns on every run otherwise.
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of "
-                                                                                "activation_checkpointing."})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."}
+    )
     bf16: bool | None = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU)."})
-    probe_states: int = field(default=8, metadata={
-        "help": "Seed states whose action probabilities are logged before and after training (0: skip)."})
+    probe_states: int = field(
+        default=8,
+        metadata={"help": "Seed states whose action probabilities are logged before and after training (0: skip)."},
+    )
 
 
 CONFIG_CLASSES = (GRPOPolicyConfig, ModelConfig)
@@ -106,31 +117,44 @@ class _PoolGRPOTrainer(GRPOTrainer):
 def _check(config: GRPOPolicyConfig, setup) -> None:
     """Refuse settings under which the action mask or the slot pool would silently stop working."""
     if config.max_completion_length != 1:
-        raise TeamsRLError("the instructor answers with one menu digit: max_completion_length must be 1",
-                           field="max_completion_length")
+        raise TeamsRLError(
+            "the instructor answers with one menu digit: max_completion_length must be 1",
+            field="max_completion_length",
+        )
     if config.use_vllm or config.use_liger_kernel:
         key = "use_vllm" if config.use_vllm else "use_liger_kernel"
         raise TeamsRLError(f"{key} bypasses the model's output layer, where the action mask lives", field=key)
     states_per_step = config.generation_batch_size // config.num_generations
     if len(setup.pool) < states_per_step:
-        raise TeamsRLError(f"{states_per_step} states per generation batch need at least as many episode slots "
-                           f"(have {len(setup.pool)})", field="episode_slots")
+        raise TeamsRLError(
+            f"{states_per_step} states per generation batch need at least as many episode slots "
+            f"(have {len(setup.pool)})",
+            field="episode_slots",
+        )
 
 
 def _load_model(model_config: ModelConfig, trust_remote_code: bool):
     from teams_rl.llm.loader import load_causal_lm, load_tokenizer
 
-    common = {"revision": model_config.model_revision, "trust_remote_code": trust_remote_code,
-              "field": "model_name_or_path"}
-    model = load_causal_lm(model_config.model_name_or_path, dtype=model_config.dtype,
-                           attn_implementation=model_config.attn_implementation,
-                           quantization_config=get_quantization_config(model_config), **common)
+    common = {
+        "revision": model_config.model_revision,
+        "trust_remote_code": trust_remote_code,
+        "field": "model_name_or_path",
+    }
+    model = load_causal_lm(
+        model_config.model_name_or_path,
+        dtype=model_config.dtype,
+        attn_implementation=model_config.attn_implementation,
+        quantization_config=get_quantization_config(model_config),
+        **common,
+    )
     return model, load_tokenizer(model_config.model_name_or_path, padding_side="left", **common)
 
 
 def train(setup, config: GRPOPolicyConfig, model_config: ModelConfig) -> Path:
     """Train the instructor with GRPO on ``setup``'s environment; returns the saved policy folder."""
     from datasets import Dataset
+
     _check(config, setup)
     model, tokenizer = _load_model(model_config, config.trust_remote_code)
     fmt = InstructorFormat(setup.actions, tokenizer)
@@ -141,11 +165,17 @@ def train(setup, config: GRPOPolicyConfig, model_config: ModelConfig) -> Path:
     reward_fn, reward = instructor_reward(setup, fmt)
     # One row per episode slot; the prompt here is only the slot's first state (see _PoolGRPOTrainer).
     slots = list(range(len(setup.pool)))
-    dataset = Dataset.from_dict({"prompt": [list(fmt.messages(setup.pool.state(s))) for s in slots],
-                                 "slot": slots})
-    trainer = _PoolGRPOTrainer(model=model, reward_funcs=[reward_fn], args=config, train_dataset=dataset,
-                               processing_class=tokenizer, peft_config=get_peft_config(model_config),
-                               setup=setup, fmt=fmt)
+    dataset = Dataset.from_dict({"prompt": [list(fmt.messages(setup.pool.state(s))) for s in slots], "slot": slots})
+    trainer = _PoolGRPOTrainer(
+        model=model,
+        reward_funcs=[reward_fn],
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_config),
+        setup=setup,
+        fmt=fmt,
+    )
     if trainer.ref_model is not None:  # full fine-tuning with beta > 0: TRL loaded a fresh reference copy
         add_action_mask(getattr(trainer.ref_model, "module", trainer.ref_model), fmt.answer_token_ids)
     stopped = train_within_budget(trainer, reward.history, "GRPO", kl_key="kl")
@@ -156,9 +186,22 @@ def train(setup, config: GRPOPolicyConfig, model_config: ModelConfig) -> Path:
     with atomic_folder(setup.policy_dir) as tmp:
         trainer.model.save_pretrained(tmp)  # a LoRA adapter, or the full model
         tokenizer.save_pretrained(tmp)
-        write_policy_meta(tmp, "instructor", fmt.names, algorithm="grpo", base_model=model_config.model_name_or_path,
-                          steps=trainer.state.global_step, stopped=stopped, probe_before=before, probe_after=after)
+        write_policy_meta(
+            tmp,
+            "instructor",
+            fmt.names,
+            algorithm="grpo",
+            base_model=model_config.model_name_or_path,
+            steps=trainer.state.global_step,
+            stopped=stopped,
+            probe_before=before,
+            probe_after=after,
+        )
     plot_training(reward.history, setup.run_dir / "plots", title="GRPO")
-    logger.info("GRPO: %d steps, %d episodes finished; policy saved to %s", trainer.state.global_step,
-                setup.pool.episodes_done, setup.policy_dir)
+    logger.info(
+        "GRPO: %d steps, %d episodes finished; policy saved to %s",
+        trainer.state.global_step,
+        setup.pool.episodes_done,
+        setup.policy_dir,
+    )
     return setup.policy_dir

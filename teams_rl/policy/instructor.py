@@ -19,8 +19,12 @@ _ANSWER_RE = re.compile(r"\s*(\d)\s*")
 
 def load_instructor_prompt(path: str | None = None) -> PromptSpec:
     """The state prompt (``prompts/instructor.yaml`` unless ``path`` names another YAML file)."""
-    return load_prompt(path or "instructor", folder=PROMPTS_DIR, placeholders=("instruction", "input", "depth", "menu"),
-                       required=("instruction", "menu"))
+    return load_prompt(
+        path or "instructor",
+        folder=PROMPTS_DIR,
+        placeholders=("instruction", "input", "depth", "menu"),
+        required=("instruction", "menu"),
+    )
 
 
 class InstructorFormat:
@@ -49,8 +53,9 @@ class InstructorFormat:
         return self.prompt.render(instruction=state.instruction, input=extra, depth=str(state.depth), menu=self.menu)
 
     def prompt_text(self, state: State) -> str:
-        return self.tokenizer.apply_chat_template(list(self.messages(state)), add_generation_prompt=True,
-                                                  tokenize=False)
+        return self.tokenizer.apply_chat_template(
+            list(self.messages(state)), add_generation_prompt=True, tokenize=False
+        )
 
     def parse(self, answer: str) -> str | None:
         """The action an answer names: exactly one menu digit (surrounding whitespace allowed), else None."""
@@ -90,8 +95,9 @@ def probe_actions(model, fmt: InstructorFormat, states: Sequence[State]) -> dict
 
     if not states:
         return {}
-    batch = fmt.tokenizer([fmt.prompt_text(s) for s in states], return_tensors="pt", padding=True,
-                          add_special_tokens=False).to(model.device)
+    batch = fmt.tokenizer(
+        [fmt.prompt_text(s) for s in states], return_tensors="pt", padding=True, add_special_tokens=False
+    ).to(model.device)
     with torch.inference_mode():
         logits = model(**batch).logits[:, -1, fmt.answer_token_ids].float()
     mean = torch.softmax(logits, dim=-1).mean(dim=0).cpu().tolist()
@@ -106,8 +112,11 @@ def write_policy_meta(folder: Path, kind: str, actions: Sequence[str], **extra) 
 def read_policy_meta(folder: str | Path, field: str = "policy") -> dict:
     path = Path(folder) / POLICY_FILE
     if not path.is_file():
-        raise TeamsRLError(f"'{folder}' is not a trained policy folder (no {POLICY_FILE}); train one with "
-                           "`teams-rl train-policy` or use 'random'", field=field)
+        raise TeamsRLError(
+            f"'{folder}' is not a trained policy folder (no {POLICY_FILE}); train one with "
+            "`teams-rl train-policy` or use 'random'",
+            field=field,
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -118,13 +127,23 @@ class InstructorPolicy:
     takes the most likely action, ``sample=True`` draws from it with a per-state seed.
     """
 
-    def __init__(self, folder: str | Path, actions: Sequence[Action], *, sample: bool = False,
-                 temperature: float = 1.0, run_seed: int = 0, batch_size: int = 16, device: str | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        actions: Sequence[Action],
+        *,
+        sample: bool = False,
+        temperature: float = 1.0,
+        run_seed: int = 0,
+        batch_size: int = 16,
+        device: str | None = None,
+    ):
         meta = read_policy_meta(folder)
         missing = [n for n in meta["actions"] if n not in {a.name for a in actions}]
         if missing:
-            raise TeamsRLError(f"the policy was trained with actions {meta['actions']}; missing now: {missing}",
-                               field="actions")
+            raise TeamsRLError(
+                f"the policy was trained with actions {meta['actions']}; missing now: {missing}", field="actions"
+            )
         by_name = {a.name: a for a in actions}
         self.folder, self.meta = Path(folder), meta
         self.name = f"{meta.get('algorithm', 'instructor')}:{self.folder.name}"

@@ -40,12 +40,13 @@ def plot_training(history: Sequence[dict], out_dir: str | Path, title: str = "")
     ax.legend(loc="best", fontsize=8)
     written = [save(fig, out_dir / "reward.png")]
 
-    names = sorted({k[len("action_"):] for h in history for k in h if k.startswith("action_")})
+    names = sorted({k[len("action_") :] for h in history for k in h if k.startswith("action_")})
     if names:
         fig, ax = plt.subplots(figsize=(7, 4))
         mix = [[h.get(f"action_{n}", 0.0) for h in history] for n in names]
-        ax.stackplot(steps, *[_smooth(m, window) for m in mix], labels=[n.replace("_", " ") for n in names],
-                     alpha=0.85)
+        ax.stackplot(
+            steps, *[_smooth(m, window) for m in mix], labels=[n.replace("_", " ") for n in names], alpha=0.85
+        )
         ax.set_xlabel("training step")
         ax.set_ylabel("share of parsed answers")
         ax.set_ylim(0, 1)

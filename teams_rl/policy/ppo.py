@@ -32,11 +32,17 @@ logger = logging.getLogger(__name__)
 class PPOPolicyConfig(PPOConfig):
     """TRL's ``PPOConfig`` (every PPO and Trainer key) plus what the instructor adds."""
 
-    value_lora: bool = field(default=True, metadata={
-        "help": "Train the value model through LoRA (the policy's lora_r/alpha/targets, minus lm_head) and its score "
-                "head, instead of in full: about half the CPU time of a PPO step."})
-    probe_states: int = field(default=8, metadata={
-        "help": "Seed states whose action probabilities are logged before and after training (0: skip)."})
+    value_lora: bool = field(
+        default=True,
+        metadata={
+            "help": "Train the value model through LoRA (the policy's lora_r/alpha/targets, minus lm_head) and its "
+            "score head, instead of in full: about half the CPU time of a PPO step."
+        },
+    )
+    probe_states: int = field(
+        default=8,
+        metadata={"help": "Seed states whose action probabilities are logged before and after training (0: skip)."},
+    )
 
     def __post_init__(self):
         # PPO 1.12 builds a bare Accelerator, so bf16 has no effect; TRL's default (True) only makes
@@ -115,10 +121,12 @@ def _load_models(config: PPOPolicyConfig, model_config: ModelConfig):
     common = {"revision": model_config.model_revision, "field": "model_name_or_path"}
     tokenizer = load_tokenizer(ref, padding_side="left", pad_from_eos=False, **common)
     added = _distinct_pad(tokenizer)
-    policy = load_causal_lm(ref, dtype=model_config.dtype, attn_implementation=model_config.attn_implementation,
-                            **common)
-    value = load_causal_lm(ref, dtype=model_config.dtype, model_class=AutoModelForSequenceClassification,
-                           num_labels=1, **common)
+    policy = load_causal_lm(
+        ref, dtype=model_config.dtype, attn_implementation=model_config.attn_implementation, **common
+    )
+    value = load_causal_lm(
+        ref, dtype=model_config.dtype, model_class=AutoModelForSequenceClassification, num_labels=1, **common
+    )
     for model in (policy, value):
         if added:
             model.resize_token_embeddings(len(tokenizer))
@@ -130,8 +138,12 @@ def _load_models(config: PPOPolicyConfig, model_config: ModelConfig):
         targets = model_config.lora_target_modules
         if isinstance(targets, list | tuple | set):
             targets = [t for t in targets if t != "lm_head"]  # the value model's head is `score`, trained in full
-        inject_adapter_in_model(LoraConfig(r=model_config.lora_r, lora_alpha=model_config.lora_alpha,
-                                           lora_dropout=0.0, target_modules=targets), value)
+        inject_adapter_in_model(
+            LoraConfig(
+                r=model_config.lora_r, lora_alpha=model_config.lora_alpha, lora_dropout=0.0, target_modules=targets
+            ),
+            value,
+        )
         for name, param in value.named_parameters():
             param.requires_grad = "lora_" in name or name.startswith("score.")
     return tokenizer, policy, value
@@ -141,8 +153,11 @@ def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
     """Train the instructor with PPO on ``setup``'s environment; returns the saved policy folder."""
     batch = config.per_device_train_batch_size * config.gradient_accumulation_steps
     if len(setup.pool) < 2 * batch:
-        raise TeamsRLError(f"PPO builds the next batch of {batch} queries before the current one is scored, so it "
-                           f"needs episode_slots >= {2 * batch} (have {len(setup.pool)})", field="episode_slots")
+        raise TeamsRLError(
+            f"PPO builds the next batch of {batch} queries before the current one is scored, so it "
+            f"needs episode_slots >= {2 * batch} (have {len(setup.pool)})",
+            field="episode_slots",
+        )
     tokenizer, policy, value = _load_models(config, model_config)
     fmt = InstructorFormat(setup.actions, tokenizer)
     mask = add_action_mask(policy, fmt.answer_token_ids)
@@ -159,9 +174,16 @@ def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
         return {**action_keys, **reward.stats.log_dict(), **calls}
 
     trainer = CallableRewardPPOTrainer(
-        args=config, processing_class=tokenizer, model=policy, ref_model=None,
+        args=config,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=None,
         reward_model=CallableReward(lambda prompts, completions: reward(queries.take(prompts), completions)),
-        train_dataset=queries, value_model=value, peft_config=get_peft_config(model_config), extra_logs=extra_logs)
+        train_dataset=queries,
+        value_model=value,
+        peft_config=get_peft_config(model_config),
+        extra_logs=extra_logs,
+    )
     stopped = train_within_budget(trainer, reward.history, "PPO", kl_key="objective/kl")
 
     model = trainer.accelerator.unwrap_model(trainer.model).policy.eval()
@@ -175,12 +197,24 @@ def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
             else:
                 model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            write_policy_meta(tmp, "instructor", fmt.names, algorithm="ppo",
-                              base_model=model_config.model_name_or_path, steps=trainer.state.global_step,
-                              episodes=trainer.state.episode, probe_before=before, probe_after=after,
-                              stopped=stopped)
+            write_policy_meta(
+                tmp,
+                "instructor",
+                fmt.names,
+                algorithm="ppo",
+                base_model=model_config.model_name_or_path,
+                steps=trainer.state.global_step,
+                episodes=trainer.state.episode,
+                probe_before=before,
+                probe_after=after,
+                stopped=stopped,
+            )
         plot_training(reward.history, setup.run_dir / "plots", title="PPO")
     trainer.accelerator.wait_for_everyone()
-    logger.info("PPO: %d steps, %d episodes finished; policy saved to %s", trainer.state.global_step,
-                setup.pool.episodes_done, setup.policy_dir)
+    logger.info(
+        "PPO: %d steps, %d episodes finished; policy saved to %s",
+        trainer.state.global_step,
+        setup.pool.episodes_done,
+        setup.policy_dir,
+    )
     return setup.policy_dir

@@ -44,12 +44,14 @@ def check_trl_internals() -> None:
         if code is None or method.__globals__ is not namespace or "get_reward" not in code.co_names:
             problems.append(f"PPOTrainer.{name} no longer calls the module-level get_reward")
     if problems:
-        raise RuntimeError(f"teams_rl.policy.ppo_reward was checked against trl{CHECKED_TRL} and TRL's PPO internals "
-                           f"moved: {'; '.join(problems)}")
+        raise RuntimeError(
+            f"teams_rl.policy.ppo_reward was checked against trl{CHECKED_TRL} and TRL's PPO internals "
+            f"moved: {'; '.join(problems)}"
+        )
 
 
 class CallableReward(nn.Module):
-    """A weightless ``reward_model`` for ``CallableRewardPPOTrainer``: ``fn(prompts, completions)`` gives the scores."""
+    """A weightless ``reward_model`` for ``CallableRewardPPOTrainer``: ``fn(prompts, completions)`` scores."""
 
     def __init__(self, fn: RewardFn):
         super().__init__()

@@ -18,5 +18,6 @@ class RandomPolicy:
         self.run_seed = run_seed
 
     def select(self, states: Sequence[State]) -> list[str]:
-        return [random.Random(derive_seed(self.run_seed, s.seed_id, s.step, "policy")).choice(self.actions)
-                for s in states]
+        return [
+            random.Random(derive_seed(self.run_seed, s.seed_id, s.step, "policy")).choice(self.actions) for s in states
+        ]

@@ -58,8 +58,11 @@ class StepStats:
     def log_dict(self, prefix: str = "env/") -> dict[str, float]:
         n = max(1, len(self.rewards))
         tried = max(1, n - self.unparseable)
-        out = {"reward_mean": sum(self.rewards) / n, "acceptance_rate": self.kept / tried,
-               "parse_failure_rate": self.unparseable / n}
+        out = {
+            "reward_mean": sum(self.rewards) / n,
+            "acceptance_rate": self.kept / tried,
+            "parse_failure_rate": self.unparseable / n,
+        }
         out.update({f"action_{a}": c / tried for a, c in self.actions.items()})
         return {prefix + k: v for k, v in out.items()}
 

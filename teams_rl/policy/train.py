@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 ALGORITHMS = {"ppo": "teams_rl.policy.ppo", "grpo": "teams_rl.policy.grpo", "classic": "teams_rl.policy.classic"}
 SAME_AS_INSTRUCTOR = "instructor"
 
-RewriterArguments = role_arguments("rewriter", model=SAME_AS_INSTRUCTOR, temperature=0.7, top_p=0.95,
-                                   max_new_tokens=96)
+RewriterArguments = role_arguments(
+    "rewriter", model=SAME_AS_INSTRUCTOR, temperature=0.7, top_p=0.95, max_new_tokens=96
+)
 
 
 @dataclass
@@ -80,26 +81,43 @@ class TrainingSetup:
         return self.run_dir / POLICY_DIR
 
 
-def build_setup(run_dir: str | Path, seed: int, instructor_model: str | None, seed_args: SeedArguments,
-                policy_args: PolicyArguments, rewriter_args, reviewer_args, review_args: ReviewArguments
-                ) -> TrainingSetup:
+def build_setup(
+    run_dir: str | Path,
+    seed: int,
+    instructor_model: str | None,
+    seed_args: SeedArguments,
+    policy_args: PolicyArguments,
+    rewriter_args,
+    reviewer_args,
+    review_args: ReviewArguments,
+) -> TrainingSetup:
     actions = select_actions(policy_args.actions)
     seeds = select_seeds(seed_args)
     if policy_args.held_out_seeds:
         if policy_args.held_out_seeds >= len(seeds):
-            raise TeamsRLError(f"held_out_seeds={policy_args.held_out_seeds} leaves no seed to train on "
-                               f"({len(seeds)} seeds)", field="held_out_seeds")
+            raise TeamsRLError(
+                f"held_out_seeds={policy_args.held_out_seeds} leaves no seed to train on ({len(seeds)} seeds)",
+                field="held_out_seeds",
+            )
         seeds = seeds[: len(seeds) - policy_args.held_out_seeds]
     pool = EpisodePool([State.from_seed(s) for s in seeds], policy_args.depth, policy_args.episode_slots)
 
     rewriter = role_settings(rewriter_args, "rewriter")
     if rewriter["model"] == SAME_AS_INSTRUCTOR:
         if not instructor_model:
-            raise TeamsRLError("set rewriter_model: the classic policy has no instructor LLM to borrow",
-                               field="rewriter_model")
+            raise TeamsRLError(
+                "set rewriter_model: the classic policy has no instructor LLM to borrow", field="rewriter_model"
+            )
         rewriter["model"] = instructor_model
-    built = build_env(run_dir, run_seed=seed, actions=actions, rewrite_role="rewriter", rewrite_settings=rewriter,
-                      reviewer_args=reviewer_args, review_args=review_args)
+    built = build_env(
+        run_dir,
+        run_seed=seed,
+        actions=actions,
+        rewrite_role="rewriter",
+        rewrite_settings=rewriter,
+        reviewer_args=reviewer_args,
+        review_args=review_args,
+    )
     clients = {"rewrite": built.rewrite, **({"review": built.judge} if built.judge else {})}
     return TrainingSetup(Path(run_dir), actions, pool, built.env, clients, built.ledger, policy_args, instructor_model)
 
@@ -126,8 +144,14 @@ def _algorithm(argv: list[str]) -> str:
 def argument_classes(argv: list[str]) -> tuple[type, ...]:
     """The dataclasses a train-policy command line parses into (the shared ones, then the trainer's own)."""
     module = importlib.import_module(ALGORITHMS[_algorithm(argv)])
-    return (SeedArguments, PolicyArguments, RewriterArguments, ReviewerArguments, ReviewArguments,
-            *module.CONFIG_CLASSES)
+    return (
+        SeedArguments,
+        PolicyArguments,
+        RewriterArguments,
+        ReviewerArguments,
+        ReviewArguments,
+        *module.CONFIG_CLASSES,
+    )
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -138,14 +162,17 @@ def main(argv: list[str] | None = None) -> Path:
     seed_args, policy_args, rewriter_args, reviewer_args, review_args, *configs = parsed
     with located(recipe):
         run_dir, seed, instructor = module.run_settings(*configs)
-        setup = build_setup(run_dir, seed, instructor, seed_args, policy_args, rewriter_args, reviewer_args,
-                            review_args)
+        setup = build_setup(
+            run_dir, seed, instructor, seed_args, policy_args, rewriter_args, reviewer_args, review_args
+        )
         try:
             folder = module.train(setup, *configs)
         finally:
             setup.ledger.close()
-        atomic_write_text(recipe_path(setup.run_dir, "train-policy"),
-                          to_yaml(seed_args, policy_args, rewriter_args, reviewer_args, review_args, *configs))
+        atomic_write_text(
+            recipe_path(setup.run_dir, "train-policy"),
+            to_yaml(seed_args, policy_args, rewriter_args, reviewer_args, review_args, *configs),
+        )
         return folder
 
 
@@ -161,5 +188,7 @@ def cli(argv: list[str]) -> None:
     console = Console()
     console.print(policy_table(read_policy_meta(folder)))
     print_ledger(folder.parent, console)
-    console.print(f"policy saved to [bold]{folder}[/bold] (plots in {folder.parent / 'plots'}); use it with: "
-                  f"teams-rl synthesize --policy {folder} ...")
+    console.print(
+        f"policy saved to [bold]{folder}[/bold] (plots in {folder.parent / 'plots'}); use it with: "
+        f"teams-rl synthesize --policy {folder} ..."
+    )

@@ -25,28 +25,44 @@ class SFTScriptArguments(ScriptArguments):
     instruction_column: str = field(default="instruction", metadata={"help": "Column with the instruction."})
     input_column: str = field(default="input", metadata={"help": "Optional column with the instruction's input."})
     response_column: str = field(default="response", metadata={"help": "Column with the answer to learn."})
-    chat_template: str = field(default="auto", metadata={
-        "help": "auto: the base's own template, ChatML when it has none; model: require the base's own; chatml: "
-                "always ChatML (turns end with <|im_end|> if the vocabulary has it, else with the base's EOS).",
-        "choices": ["auto", "model", "chatml"]})
-    save_merged: bool = field(default=False, metadata={"help": "LoRA: also write the base with the adapter merged "
-                                                                "in to <output_dir>/merged (full precision)."})
+    chat_template: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: the base's own template, ChatML when it has none; model: require the base's own; chatml: "
+            "always ChatML (turns end with <|im_end|> if the vocabulary has it, else with the base's EOS).",
+            "choices": ["auto", "model", "chatml"],
+        },
+    )
+    save_merged: bool = field(
+        default=False,
+        metadata={
+            "help": "LoRA: also write the base with the adapter merged in to <output_dir>/merged (full precision)."
+        },
+    )
 
 
 @dataclass
 class TeamsSFTConfig(SFTConfig):
     """TRL's ``SFTConfig`` with teams-rl defaults (LoRA-sized learning rate, tensorboard, a run folder)."""
 
-    output_dir: str | None = field(default="runs/sft", metadata={"help": "Run folder: checkpoints, adapter/, "
-                                                                         "merged/, plots/, README.md, logs."})
+    output_dir: str | None = field(
+        default="runs/sft", metadata={"help": "Run folder: checkpoints, adapter/, merged/, plots/, README.md, logs."}
+    )
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate (LoRA-sized)."})
-    report_to: None | str | list[str] = field(default="tensorboard", metadata={
-        "help": "tensorboard (installed), or trackio / wandb when installed, or none."})
+    report_to: None | str | list[str] = field(
+        default="tensorboard",
+        metadata={"help": "tensorboard (installed), or trackio / wandb when installed, or none."},
+    )
     # None, not TRL's True: transformers 5 renamed it activation_checkpointing and warns on every run otherwise.
-    gradient_checkpointing: bool | None = field(default=None, metadata={
-        "help": "Deprecated alias of activation_checkpointing."})
-    activation_checkpointing: bool | None = field(default=True, metadata={
-        "help": "Gradient (activation) checkpointing: recompute activations in the backward pass to save memory."})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."}
+    )
+    activation_checkpointing: bool | None = field(
+        default=True,
+        metadata={
+            "help": "Gradient (activation) checkpointing: recompute activations in the backward pass to save memory."
+        },
+    )
 
 
 CONFIG_CLASSES = (SFTScriptArguments, TeamsSFTConfig, ModelConfig, DatasetMixtureConfig)
@@ -70,7 +86,8 @@ def check_setup(training_args, model_args) -> None:
         if module and importlib.util.find_spec(module) is None:
             raise TeamsRLError(f"report_to {name} needs its package: pip install {name}", field="report_to")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
-        raise TeamsRLError("a 4/8-bit base can only be trained through an adapter: set use_peft: true",
-                           field="load_in_4bit")
+        raise TeamsRLError(
+            "a 4/8-bit base can only be trained through an adapter: set use_peft: true", field="load_in_4bit"
+        )
     if (model_args.load_in_4bit or model_args.load_in_8bit) and importlib.util.find_spec("bitsandbytes") is None:
         raise TeamsRLError("QLoRA needs bitsandbytes: pip install 'teams-rl[gpu]'", field="load_in_4bit")

@@ -54,8 +54,9 @@ def load_source(config, columns: Columns, streaming: bool = False, field: str = 
     import datasets
 
     if streaming:
-        raise TeamsRLError("streaming is not supported by teams-rl sft (datasets are mixed in memory)",
-                           field="streaming")
+        raise TeamsRLError(
+            "streaming is not supported by teams-rl sft (datasets are mixed in memory)", field="streaming"
+        )
     path = Path(config.path).expanduser()
     if (path / ROWS_FILE).is_file():  # a synthesis output folder
         rows, _, summary = load_rows(path)
@@ -64,8 +65,12 @@ def load_source(config, columns: Columns, streaming: bool = False, field: str = 
         for i, row in enumerate(rows):
             for key in ("instruction", "response"):
                 if not isinstance(row.get(key), str):
-                    raise TeamsRLError(f"row {row.get('id', i)} has no text '{key}'", file=str(path / ROWS_FILE),
-                                       line=i + 1, field=key)
+                    raise TeamsRLError(
+                        f"row {row.get('id', i)} has no text '{key}'",
+                        file=str(path / ROWS_FILE),
+                        line=i + 1,
+                        field=key,
+                    )
         chats = [to_prompt_completion(r["instruction"], r.get("input") or "", r["response"]) for r in rows]
         info = {"kind": "teams-rl dataset", "sha256": _sha256([path / ROWS_FILE]), "recipe": summary.get("recipe")}
         return _drop_empty(datasets.Dataset.from_list(chats), str(path)), {"path": str(config.path), **info}
@@ -73,8 +78,9 @@ def load_source(config, columns: Columns, streaming: bool = False, field: str = 
         try:
             dataset = datasets.load_dataset(_FILE_TYPES[path.suffix.lower()], data_files=str(path), split="train")
         except Exception as err:  # malformed JSON/CSV/Parquet: one line naming the file, not a traceback
-            raise TeamsRLError(f"could not read the file: {type(err).__name__}: {err}".splitlines()[0],
-                               file=str(path)) from None
+            raise TeamsRLError(
+                f"could not read the file: {type(err).__name__}: {err}".splitlines()[0], file=str(path)
+            ) from None
         info = {"kind": "file", "sha256": _sha256([path])}
     elif (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         dataset = datasets.load_from_disk(str(path))
@@ -83,12 +89,21 @@ def load_source(config, columns: Columns, streaming: bool = False, field: str = 
         info = {"kind": "datasets folder", "fingerprint": dataset._fingerprint}
     elif path.exists() or str(config.path).startswith((".", "/", "~")) or str(config.path).count("/") > 1:
         what = "does not exist" if not path.exists() else "is not a dataset"
-        raise TeamsRLError(f"{what}: expected a teams-rl dataset folder (rows.jsonl), a JSON/JSONL/CSV/Parquet file, "
-                           "a saved `datasets` folder or a Hub id", file=str(config.path), field=field)
+        raise TeamsRLError(
+            f"{what}: expected a teams-rl dataset folder (rows.jsonl), a JSON/JSONL/CSV/Parquet file, "
+            "a saved `datasets` folder or a Hub id",
+            file=str(config.path),
+            field=field,
+        )
     else:
         try:
-            dataset = datasets.load_dataset(config.path, name=config.name, data_dir=config.data_dir,
-                                            data_files=config.data_files, split=config.split)
+            dataset = datasets.load_dataset(
+                config.path,
+                name=config.name,
+                data_dir=config.data_dir,
+                data_files=config.data_files,
+                split=config.split,
+            )
         except Exception as err:  # unreachable Hub, unknown id, bad split: one line, not a traceback
             raise TeamsRLError(f"could not load the dataset '{config.path}': {err}", field=field) from None
         info = {"kind": "hub", "revision": _hub_revision(config.path), "fingerprint": dataset._fingerprint}
@@ -108,8 +123,10 @@ def row_to_chat(row: dict, columns: Columns = Columns(), source: str = "") -> di
     if "prompt" in row and "completion" in row:
         prompt, completion = row["prompt"], row["completion"]
         if isinstance(prompt, str):
-            return {"prompt": [{"role": "user", "content": prompt}],
-                    "completion": [{"role": "assistant", "content": completion}]}
+            return {
+                "prompt": [{"role": "user", "content": prompt}],
+                "completion": [{"role": "assistant", "content": completion}],
+            }
         return {"prompt": _messages(prompt), "completion": _messages(completion)}
     if "messages" in row:
         turns = _messages(row["messages"])
@@ -117,8 +134,9 @@ def row_to_chat(row: dict, columns: Columns = Columns(), source: str = "") -> di
             raise TeamsRLError("a conversation must end with an assistant turn", file=source, field="messages")
         return {"prompt": turns[:-1], "completion": turns[-1:]}
     if columns.instruction in row and columns.response in row:
-        return to_prompt_completion(row[columns.instruction] or "", row.get(columns.input) or "",
-                                    row[columns.response] or "")
+        return to_prompt_completion(
+            row[columns.instruction] or "", row.get(columns.input) or "", row[columns.response] or ""
+        )
     return None
 
 
@@ -133,10 +151,13 @@ def to_chat(dataset, columns: Columns, source: str):
         keep = {columns.instruction, columns.input, columns.response}
     else:
         missing = columns.instruction if columns.instruction not in names else columns.response
-        raise TeamsRLError(f"missing column '{missing}' (columns found: {', '.join(sorted(names))}); set "
-                           "instruction_column/input_column/response_column, or use messages or prompt/completion "
-                           "columns", file=source, field="response_column" if missing == columns.response
-                           else "instruction_column")
+        raise TeamsRLError(
+            f"missing column '{missing}' (columns found: {', '.join(sorted(names))}); set "
+            "instruction_column/input_column/response_column, or use messages or prompt/completion "
+            "columns",
+            file=source,
+            field="response_column" if missing == columns.response else "instruction_column",
+        )
 
     def convert(row):
         return row_to_chat({k: v for k, v in row.items() if k in keep}, columns, source)
@@ -164,8 +185,9 @@ def check_mixture_entries(entries, dataset_config_type) -> None:
     known = {f.name for f in fields(dataset_config_type)}
     for i, entry in enumerate(entries or []):
         if not isinstance(entry, dict):
-            raise TeamsRLError("each entry of `datasets` is a mapping (path, split, fraction, ...)",
-                               field=f"datasets[{i}]")
+            raise TeamsRLError(
+                "each entry of `datasets` is a mapping (path, split, fraction, ...)", field=f"datasets[{i}]"
+            )
         for key in entry:
             if key not in known:
                 raise TeamsRLError(f"unknown key (known: {', '.join(sorted(known))})", field=f"datasets[{i}].{key}")
@@ -186,10 +208,15 @@ def load_mixture(script_args, mixture, columns: Columns, seed: int, want_eval: b
     configs = list(mixture.datasets)
     if not configs:
         if not script_args.dataset_name:
-            raise TeamsRLError("set dataset_name (a teams-rl dataset folder, file or Hub id) or a `datasets:` "
-                               "mixture", field="dataset_name")
-        configs = [DatasetConfig(path=script_args.dataset_name, name=script_args.dataset_config,
-                                 split=script_args.dataset_train_split)]
+            raise TeamsRLError(
+                "set dataset_name (a teams-rl dataset folder, file or Hub id) or a `datasets:` mixture",
+                field="dataset_name",
+            )
+        configs = [
+            DatasetConfig(
+                path=script_args.dataset_name, name=script_args.dataset_config, split=script_args.dataset_train_split
+            )
+        ]
     streaming = mixture.streaming
     keys = [f"datasets[{i}].path" for i in range(len(configs))] if mixture.datasets else ["dataset_name"]
     loaded = [load_source(c, columns, streaming, key) for c, key in zip(configs, keys, strict=True)]
@@ -200,8 +227,7 @@ def load_mixture(script_args, mixture, columns: Columns, seed: int, want_eval: b
     fractions = [c.fraction for c in configs]
     if any(f is not None for f in fractions):
         if any(f is None for f in fractions) or any(f < 0 for f in fractions) or not sum(fractions):
-            raise TeamsRLError("set a non-negative `fraction` on every mixture entry or on none",
-                               field="datasets")
+            raise TeamsRLError("set a non-negative `fraction` on every mixture entry or on none", field="datasets")
         takes = _shares([len(p) for p in parts], fractions)
         parts = [p.shuffle(seed=seed).select(range(k)) for p, k in zip(parts, takes, strict=True)]
         for info, k in zip(sources, takes, strict=True):
@@ -215,10 +241,15 @@ def load_mixture(script_args, mixture, columns: Columns, seed: int, want_eval: b
             raise TeamsRLError(f"cannot hold out an eval split: {err}", field="test_split_size") from None
         train, eval_set = split["train"], split["test"]
     elif want_eval:
-        raise TeamsRLError("eval_strategy is set but there is no eval split: set test_split_size (e.g. 0.1)",
-                           field="test_split_size")
+        raise TeamsRLError(
+            "eval_strategy is set but there is no eval split: set test_split_size (e.g. 0.1)", field="test_split_size"
+        )
     if len(train) == 0:
         raise TeamsRLError("no training rows left", field="dataset_name")
-    logger.info("SFT data: %d train rows, %s eval rows, from %d source(s)", len(train),
-                len(eval_set) if eval_set is not None else "no", len(sources))
+    logger.info(
+        "SFT data: %d train rows, %s eval rows, from %d source(s)",
+        len(train),
+        len(eval_set) if eval_set is not None else "no",
+        len(sources),
+    )
     return train, eval_set, sources

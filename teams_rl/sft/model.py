@@ -20,27 +20,35 @@ def chatml_template(tokenizer) -> str:
     if "<|im_end|>" in tokenizer.get_vocab():
         return CHATML_TEMPLATE
     bos = "{{ bos_token }}" if tokenizer.bos_token else ""
-    return (bos + "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{{ eos_token }}\n"
-            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return (
+        bos + "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{{ eos_token }}\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
 
 
 def end_of_turn(tokenizer) -> str | None:
     """The special token the chat template writes right after an assistant answer (the token to stop on)."""
     probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "PROBE"}]
     text = tokenizer.apply_chat_template(probe, tokenize=False)
-    after = text[text.rindex("PROBE") + len("PROBE"):]
+    after = text[text.rindex("PROBE") + len("PROBE") :]
     specials = {*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()}
     return next((s for s in sorted(specials, key=len, reverse=True) if s and after.startswith(s)), None)
 
 
 def chat_tokenizer(path: str, script_args, training_args, model_args):
     """The base's tokenizer with the chat template SFT trains in and EOS at the template's end of turn."""
-    tokenizer = load_tokenizer(path, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code,
-                               pad_from_eos=False, field="model_name_or_path")
+    tokenizer = load_tokenizer(
+        path,
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        pad_from_eos=False,
+        field="model_name_or_path",
+    )
     own = bool(tokenizer.chat_template)
     if script_args.chat_template == "model" and not own:
-        raise TeamsRLError("the base model has no chat template; use chat_template: auto or chatml",
-                           field="chat_template")
+        raise TeamsRLError(
+            "the base model has no chat template; use chat_template: auto or chatml", field="chat_template"
+        )
     if script_args.chat_template == "chatml" or not own:
         tokenizer.chat_template = chatml_template(tokenizer)
     eot = training_args.eos_token or end_of_turn(tokenizer)
@@ -62,10 +70,16 @@ def base_model(path: str, model_args, training_args, tokenizer, quantized: bool 
     quantization = get_quantization_config(model_args) if quantized else None
     # A quantized base: each process holds its own copy on its own GPU (DDP); on a CPU-only machine it stays on CPU.
     device_map = {"": PartialState().local_process_index} if quantization and torch.cuda.is_available() else None
-    model = load_causal_lm(path, dtype=model_args.dtype, revision=model_args.model_revision,
-                           trust_remote_code=training_args.trust_remote_code,
-                           attn_implementation=model_args.attn_implementation, quantization_config=quantization,
-                           device_map=device_map, field="model_name_or_path")
+    model = load_causal_lm(
+        path,
+        dtype=model_args.dtype,
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=quantization,
+        device_map=device_map,
+        field="model_name_or_path",
+    )
     model.config.use_cache = not training_args.activation_checkpointing
     # Stop on the end-of-turn token as well as the base's own EOS; pad with the tokenizer's pad.
     eos = model.generation_config.eos_token_id

@@ -38,20 +38,34 @@ def build_trainer(script_args, training_args, model_args, mixture, callbacks=Non
         raise TeamsRLError("set model_name_or_path (a Hub id, a folder or smollm2-135m)", field="model_name_or_path")
     path = resolve_model(model_args.model_name_or_path, field="model_name_or_path")
     columns = Columns(script_args.instruction_column, script_args.input_column, script_args.response_column)
-    train_set, eval_set, sources = load_mixture(script_args, mixture, columns, training_args.seed,
-                                                want_eval=training_args.eval_strategy != "no")
+    train_set, eval_set, sources = load_mixture(
+        script_args, mixture, columns, training_args.seed, want_eval=training_args.eval_strategy != "no"
+    )
     tokenizer, template = chat_tokenizer(path, script_args, training_args, model_args)
     model = base_model(path, model_args, training_args, tokenizer)
-    trainer = SFTTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
-                         processing_class=tokenizer, peft_config=get_peft_config(model_args), callbacks=callbacks)
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
+    )
     return trainer, sources, template, path
 
 
 def last_complete_checkpoint(out: Path) -> str | None:
     """The newest ``checkpoint-N`` that was fully written. The Trainer writes trainer_state.json last, so a folder
     without it is a save cut short by a kill; resuming from it would crash, so the one before it is used."""
-    steps = sorted(((int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*")
-                    if p.is_dir() and p.name.split("-")[1].isdigit()), reverse=True)
+    steps = sorted(
+        (
+            (int(p.name.split("-")[1]), p)
+            for p in out.glob("checkpoint-*")
+            if p.is_dir() and p.name.split("-")[1].isdigit()
+        ),
+        reverse=True,
+    )
     for _, folder in steps:
         if (folder / "trainer_state.json").is_file():
             return str(folder)
@@ -74,8 +88,11 @@ def run(script_args, training_args, model_args, mixture, *, recipe: str | None =
     if resume:
         logger.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
-    metrics = {"train_loss": result.training_loss, "steps": result.global_step,
-               "train_runtime_s": result.metrics.get("train_runtime")}
+    metrics = {
+        "train_loss": result.training_loss,
+        "steps": result.global_step,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+    }
     if eval_set is not None:
         evals = [h for h in trainer.state.log_history if "eval_loss" in h]
         done = evals and evals[-1].get("step") == result.global_step  # eval_strategy already ran it at the end
@@ -103,8 +120,9 @@ def run(script_args, training_args, model_args, mixture, *, recipe: str | None =
         _merge(final, path, model_args, training_args, tokenizer, out / "merged", facts)
     plot_loss(trainer.state.log_history, out / "plots" / "loss.png", title=out.name)
     atomic_write_text(out / "config" / "sft.yaml", resolved_yaml(script_args, training_args, model_args, mixture))
-    logger.info("SFT done: %s (%s)", final, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                                                       if isinstance(v, float)))
+    logger.info(
+        "SFT done: %s (%s)", final, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+    )
     return final
 
 
@@ -131,8 +149,13 @@ def plot_loss(log_history: Sequence[dict], out: str | Path, title: str = "") -> 
         return None
     fig, ax = pyplot().subplots(figsize=(7, 4))
     if train:
-        ax.plot(*zip(*train, strict=True), color="#1f4e79", lw=1.5, marker="." if len(train) < 50 else None,
-                label="train loss")
+        ax.plot(
+            *zip(*train, strict=True),
+            color="#1f4e79",
+            lw=1.5,
+            marker="." if len(train) < 50 else None,
+            label="train loss",
+        )
     if evals:
         ax.plot(*zip(*evals, strict=True), color="#c0504d", lw=1.5, marker="o", label="eval loss")
     ax.set_xlabel("optimizer step")
@@ -147,8 +170,9 @@ def main(argv: list[str] | None = None, *, callbacks=None) -> Path | None:
     """Parse the recipe and flags, then fine-tune; returns the final folder on the main process."""
     (script_args, training_args, model_args, mixture), recipe = parse(list(argv or []))
     with located(recipe):
-        return run(script_args, training_args, model_args, mixture, recipe=recipe, argv=list(argv or []),
-                   callbacks=callbacks)
+        return run(
+            script_args, training_args, model_args, mixture, recipe=recipe, argv=list(argv or []), callbacks=callbacks
+        )
 
 
 def cli(argv: list[str]) -> None:

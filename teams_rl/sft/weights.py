@@ -8,10 +8,12 @@ from pathlib import Path
 from teams_rl.core.errors import TeamsRLError
 
 ADAPTER_FILE, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
-ZERO3_FIX = ("with DeepSpeed ZeRO-3 the weights are partitioned and were not gathered at save time: set "
-             "`zero3_save_16bit_model: true` under deepspeed_config in the accelerate config (DeepSpeed's "
-             "`stage3_gather_16bit_weights_on_model_save`; see TRL #4416 / PEFT #2892), or train with ZeRO-2, "
-             "then re-run the same command: it resumes from the last checkpoint")
+ZERO3_FIX = (
+    "with DeepSpeed ZeRO-3 the weights are partitioned and were not gathered at save time: set "
+    "`zero3_save_16bit_model: true` under deepspeed_config in the accelerate config (DeepSpeed's "
+    "`stage3_gather_16bit_weights_on_model_save`; see TRL #4416 / PEFT #2892), or train with ZeRO-2, "
+    "then re-run the same command: it resumes from the last checkpoint"
+)
 
 
 def _tensor_sizes(path: Path) -> dict[str, int]:

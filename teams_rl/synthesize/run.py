@@ -45,8 +45,10 @@ class SynthesisArguments:
     output_dir: str = field(default="runs/synthesis", metadata={"help": "Run folder (ledger, config, dataset)."})
     seed: int = field(default=42, metadata={"help": "Run seed; each request's seed = f(run seed, row id, step)."})
     policy: str = field(default="random", metadata={"help": "'random' (Evol-Instruct) or a trained policy folder."})
-    policy_sample: bool = field(default=False, metadata={"help": "Trained policy: sample actions (seeded per row) "
-                                                                  "instead of taking the most likely one."})
+    policy_sample: bool = field(
+        default=False,
+        metadata={"help": "Trained policy: sample actions (seeded per row) instead of taking the most likely one."},
+    )
     policy_temperature: float = field(default=1.0, metadata={"help": "Trained policy: sampling temperature."})
     actions: str | None = field(default=None, metadata={"help": "Comma-separated subset of actions (default: all)."})
     depth: int = field(default=3, metadata={"help": "Evolution steps per seed; every kept step becomes a row."})
@@ -69,14 +71,29 @@ class _Accounting:
         out = []
         for purpose, client in self.clients.items():
             s = client.stats
-            out.append({"role": client.role, "purpose": purpose, "model": client.model_id, "new": s.new_calls,
-                        "cached": s.cached_calls, "prompt_tokens": s.prompt_tokens,
-                        "completion_tokens": s.completion_tokens, "errors": s.errors})
+            out.append(
+                {
+                    "role": client.role,
+                    "purpose": purpose,
+                    "model": client.model_id,
+                    "new": s.new_calls,
+                    "cached": s.cached_calls,
+                    "prompt_tokens": s.prompt_tokens,
+                    "completion_tokens": s.completion_tokens,
+                    "errors": s.errors,
+                }
+            )
         return out
 
 
-def synthesize(seed_args: SeedArguments, args: SynthesisArguments, expert_args, reviewer_args,
-               review_args: ReviewArguments, recipe: str | None = None) -> dict:
+def synthesize(
+    seed_args: SeedArguments,
+    args: SynthesisArguments,
+    expert_args,
+    reviewer_args,
+    review_args: ReviewArguments,
+    recipe: str | None = None,
+) -> dict:
     """Run synthesis and write ``<output_dir>/dataset`` (or ``shards/i-of-N/dataset``). Returns the summary."""
     began = time.perf_counter()
     run_dir = Path(args.output_dir)
@@ -86,17 +103,28 @@ def synthesize(seed_args: SeedArguments, args: SynthesisArguments, expert_args, 
     if shard is not None:
         seeds = shard_seeds(seeds, *shard)
     actions = select_actions(args.actions)
-    policy = load_policy(args.policy, actions, run_seed=args.seed, sample=args.policy_sample,
-                         temperature=args.policy_temperature)
+    policy = load_policy(
+        args.policy, actions, run_seed=args.seed, sample=args.policy_sample, temperature=args.policy_temperature
+    )
     expert = role_settings(expert_args, "expert")
-    built = build_env(run_dir, run_seed=args.seed, actions=actions, rewrite_role="expert", rewrite_settings=expert,
-                      reviewer_args=reviewer_args, review_args=review_args,
-                      rewrite_max_new_tokens=args.rewrite_max_new_tokens)
+    built = build_env(
+        run_dir,
+        run_seed=args.seed,
+        actions=actions,
+        rewrite_role="expert",
+        rewrite_settings=expert,
+        reviewer_args=reviewer_args,
+        review_args=review_args,
+        rewrite_max_new_tokens=args.rewrite_max_new_tokens,
+    )
     env, ledger, rewrites, judge = built.env, built.ledger, built.rewrite, built.judge
     answers = built.backends.client(expert, "expert", ledger)
     lineage = {
-        "policy": policy.name, "run_seed": args.seed, "reviewer_modes": review_args.reviewer_modes,
-        "expert_model": upstream_id(rewrites.model_id), "expert_backend": expert["backend"],
+        "policy": policy.name,
+        "run_seed": args.seed,
+        "reviewer_modes": review_args.reviewer_modes,
+        "expert_model": upstream_id(rewrites.model_id),
+        "expert_backend": expert["backend"],
         "reviewer_model": upstream_id(judge.model_id) if judge else None,
         "expert_sampling": {"rewrite": vars(env.sampling), "answer": vars(sampling_from(expert))},
     }
@@ -127,17 +155,26 @@ def synthesize(seed_args: SeedArguments, args: SynthesisArguments, expert_args, 
     for row in rows:
         row["seed_instruction"], row["seed_input"] = by_seed[row["seed_id"]].instruction, by_seed[row["seed_id"]].input
     summary = {
-        "dataset": str(out), "recipe": recipe, "seeds_total": len(seeds), "seeds_done": seeds_done, "steps": steps,
-        "rows": len(rows), "eliminated": dict(Counter(r["reason"] for r in rejected)), "stopped": stopped,
-        "calls": _Accounting(rewrite=rewrites, review=judge, answer=answers).rows() if judge else
-        _Accounting(rewrite=rewrites, answer=answers).rows(),
-        "wall_s": time.perf_counter() - began, "lineage": lineage,
+        "dataset": str(out),
+        "recipe": recipe,
+        "seeds_total": len(seeds),
+        "seeds_done": seeds_done,
+        "steps": steps,
+        "rows": len(rows),
+        "eliminated": dict(Counter(r["reason"] for r in rejected)),
+        "stopped": stopped,
+        "calls": _Accounting(rewrite=rewrites, review=judge, answer=answers).rows()
+        if judge
+        else _Accounting(rewrite=rewrites, answer=answers).rows(),
+        "wall_s": time.perf_counter() - began,
+        "lineage": lineage,
     }
     write_dataset(out, rows, rejected, summary)
     # The resolved recipe sits next to what it produced; written last so a failed run never replaces it.
     suffix = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
-    atomic_write_text(recipe_path(run_dir, "synthesize", suffix),
-                      to_yaml(seed_args, args, expert_args, reviewer_args, review_args))
+    atomic_write_text(
+        recipe_path(run_dir, "synthesize", suffix), to_yaml(seed_args, args, expert_args, reviewer_args, review_args)
+    )
     return summary
 
 
@@ -155,8 +192,14 @@ def _evolve(env: EvolutionEnv, policy, states: list[State], depth: int) -> tuple
 def _answer(client, kept: list[Transition], expert: dict, args: SynthesisArguments, lineage: dict):
     """The expert answers each kept instruction; the paper's response rules eliminate bad answers."""
     sampling = sampling_from(expert)
-    requests = [GenerationRequest(to_messages(t.next_state.instruction, t.next_state.input), sampling,
-                                  seed=derive_seed(args.seed, t.state.seed_id, t.state.step, "answer")) for t in kept]
+    requests = [
+        GenerationRequest(
+            to_messages(t.next_state.instruction, t.next_state.input),
+            sampling,
+            seed=derive_seed(args.seed, t.state.seed_id, t.state.step, "answer"),
+        )
+        for t in kept
+    ]
     rows, rejected = [], []
     for t, result in zip(kept, client.generate(requests), strict=True):
         reason = _screen_answer(result, args.drop_truncated_responses)
@@ -164,14 +207,26 @@ def _answer(client, kept: list[Transition], expert: dict, args: SynthesisArgumen
             rejected.append(_rejected_row(t, stage="answer", reason=reason, text=result.text))
             continue
         s = t.next_state
-        rows.append({
-            "id": f"{s.seed_id}/{s.step}", "seed_id": s.seed_id, "instruction": s.instruction, "input": s.input,
-            "response": result.text, "depth": s.depth, "step": s.step, "actions": list(s.actions),
-            "parent_instruction": t.state.instruction, "reward": t.reward, "gain": t.review.gain,
-            **{f"score_{m}": v for m, v in t.review.scores.items()},
-            "review_parse_failures": t.review.parse_failures, "rewrite_finish_reason": t.finish_reason,
-            "response_finish_reason": result.finish_reason, **lineage,
-        })
+        rows.append(
+            {
+                "id": f"{s.seed_id}/{s.step}",
+                "seed_id": s.seed_id,
+                "instruction": s.instruction,
+                "input": s.input,
+                "response": result.text,
+                "depth": s.depth,
+                "step": s.step,
+                "actions": list(s.actions),
+                "parent_instruction": t.state.instruction,
+                "reward": t.reward,
+                "gain": t.review.gain,
+                **{f"score_{m}": v for m, v in t.review.scores.items()},
+                "review_parse_failures": t.review.parse_failures,
+                "rewrite_finish_reason": t.finish_reason,
+                "response_finish_reason": result.finish_reason,
+                **lineage,
+            }
+        )
     return rows, rejected
 
 
@@ -190,8 +245,13 @@ def _screen_answer(result, drop_truncated: bool) -> str | None:
 
 def _rejected_row(t: Transition, stage: str = "rewrite", reason: str | None = None, text: str | None = None) -> dict:
     return {
-        "id": f"{t.state.seed_id}/{t.state.step + 1}", "seed_id": t.state.seed_id, "step": t.state.step + 1,
-        "stage": stage, "reason": reason or t.eliminated, "action": t.action, "parent_instruction": t.state.instruction,
+        "id": f"{t.state.seed_id}/{t.state.step + 1}",
+        "seed_id": t.state.seed_id,
+        "step": t.state.step + 1,
+        "stage": stage,
+        "reason": reason or t.eliminated,
+        "action": t.action,
+        "parent_instruction": t.state.instruction,
         "text": t.raw if text is None else text,
         "scores": t.review.scores if t.review else None,
     }
@@ -199,7 +259,9 @@ def _rejected_row(t: Transition, stage: str = "rewrite", reason: str | None = No
 
 def main(argv: list[str] | None = None) -> dict:
     """``teams-rl synthesize --config recipes/<model>/synthesize/config_random.yaml [--key value ...]``."""
-    (seed_args, args, expert_args, reviewer_args, review_args), recipe = parse_args(ARGUMENTS, argv, "teams-rl synthesize")
+    (seed_args, args, expert_args, reviewer_args, review_args), recipe = parse_args(
+        ARGUMENTS, argv, "teams-rl synthesize"
+    )
     with located(recipe):
         return synthesize(seed_args, args, expert_args, reviewer_args, review_args, recipe)
 

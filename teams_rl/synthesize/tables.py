@@ -25,7 +25,14 @@ def summary_tables(summary: dict) -> list[Table]:
     kept = max(summary["rows"], 1)
     for entry in summary["calls"]:
         total = entry["new"] + entry["cached"]
-        calls.add_row(entry["role"], entry["purpose"], str(entry["new"]), str(entry["cached"]),
-                      f"{entry['prompt_tokens']:,}", f"{entry['completion_tokens']:,}", str(entry["errors"]),
-                      f"{total / kept:.2f}")
+        calls.add_row(
+            entry["role"],
+            entry["purpose"],
+            str(entry["new"]),
+            str(entry["cached"]),
+            f"{entry['prompt_tokens']:,}",
+            f"{entry['completion_tokens']:,}",
+            str(entry["errors"]),
+            f"{total / kept:.2f}",
+        )
     return [rows, calls]
