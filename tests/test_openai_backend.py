@@ -155,6 +155,11 @@ def test_timeout_is_an_error_result_while_the_rest_of_the_batch_succeeds():
             [ask("a"), ask("slow"), ask("b"), ask("c")]
         )
         elapsed = time.perf_counter() - start
+        deadline = (
+            time.monotonic() + 2.0
+        )  # on a loaded machine the server may count the retry after the client gave up
+        while server.requests < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
     assert [r.ok for r in results] == [True, False, True, True]
     assert [r.text for r in results] == ["quick", "", "quick", "quick"]
     assert "timeout" in results[1].error and results[1].finish_reason == "error"
