@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Dataset metrics (size, lengths, actions, diversity, near-duplicates, queries per row) and plots.",
     ),
     "push": (
-        "teams_rl.hub.push:cli",
+        "teams_rl.hub.command:cli",
         "Upload a run's dataset or model to the Hugging Face Hub with its card (private by default).",
     ),
     "run": (

@@ -127,7 +127,7 @@ def test_bad_task_in_a_recipe_exits_2_with_the_recipe_line(tmp_path, capsys):
 
 def test_evaluate_help_lists_every_key(capsys):
     from teams_rl.cli import main
-    from teams_rl.evaluate.run import EvalArguments
+    from teams_rl.evaluate.args import EvalArguments
 
     with pytest.raises(SystemExit) as done:
         main(["evaluate", "--help"])
@@ -212,7 +212,7 @@ def test_evaluate_end_to_end_on_the_tiny_model(tiny_model_dir, adapter_dir, tmp_
 @pytest.mark.parametrize("recipe", ["recipes/smollm2-135m/eval/config.yaml", "recipes/llama-3.1-8b/eval/config.yaml"])
 def test_shipped_recipes_parse(recipe):
     from teams_rl.core.recipes import parse_args
-    from teams_rl.evaluate.run import EvalArguments
+    from teams_rl.evaluate.args import EvalArguments
 
     (args,), _ = parse_args([EvalArguments], ["--config", str(REPO / recipe), "--privacy", "--limit", "5"])
     assert args.privacy is True and args.limit == 5  # a bare --privacy flag and CLI overrides win over the recipe

@@ -396,7 +396,7 @@ def test_refusals_before_any_request(hub, tmp_path):
 def test_run_folder_layouts(tmp_path):
     """Every folder the stages write resolves to what to push and the run folder around it."""
     from teams_rl.core.errors import TeamsRLError
-    from teams_rl.hub.push import find_dataset, find_model
+    from teams_rl.hub.runs import find_dataset, find_model
 
     run = tmp_path / "run"
     for folder in ("dataset", "sft/adapter", "sft/merged", "baseline-random/dataset"):

@@ -2,4 +2,4 @@
 
 from teams_rl.core.entry import stage_main
 
-stage_main("teams_rl.hub.push:cli")
+stage_main("teams_rl.hub.command:cli")

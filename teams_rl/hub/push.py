@@ -1,101 +1,24 @@
-"""``teams-rl push``: publish a run's dataset or model to the Hugging Face Hub with an honest card, private by default.
+"""Publishing: upload a run's dataset or model to the Hugging Face Hub with an honest card, private by default.
 The token is huggingface_hub's business (HF_TOKEN or ``hf auth login``): it is never taken, passed or written here."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 from teams_rl.core.errors import TeamsRLError
-from teams_rl.core.files import atomic_write_text
-from teams_rl.core.layout import ROWS_FILE
+from teams_rl.core.layout import HUB_FILE, ROWS_FILE
 from teams_rl.env.dataset import load_rows
-from teams_rl.hub import cards as cards
+from teams_rl.hub import cards
+from teams_rl.hub.runs import find_dataset, find_model, read_pushes, record_push, repo_url
 
 logger = logging.getLogger(__name__)
 
-HUB_FILE = "hub.json"
 _NETWORK_MODULES = ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3")
-
-
-@dataclass
-class Run:
-    """What to push: ``folder`` (a dataset folder, or an adapter/model folder inside ``sft``); ``root`` is the run
-    folder around it, where ``config/``, ``ledger.sqlite``, ``plots/``, ``eval/`` and ``hub.json`` live."""
-
-    root: Path
-    folder: Path
-    sft: Path | None = None
-
-
-# --- Which folder ----------------------------------------------------------------------------------------------------
-def _folder(run_dir: str | Path) -> Path:
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise TeamsRLError("no such folder", file=str(run_dir))
-    return path
-
-
-def find_dataset(run_dir: str | Path) -> Run:
-    """A run folder holding ``dataset/``, or the dataset folder itself."""
-    path = _folder(run_dir)
-    if (path / ROWS_FILE).is_file():
-        parent = path.parent
-        return Run(parent if (parent / "ledger.sqlite").is_file() or (parent / "config").is_dir() else path, path)
-    if (path / "dataset" / ROWS_FILE).is_file():
-        return Run(path, path / "dataset")
-    raise TeamsRLError(
-        "no dataset here (neither rows.jsonl nor dataset/rows.jsonl): run `teams-rl synthesize` first",
-        file=str(run_dir),
-    )
-
-
-def _has_weights(folder: Path) -> bool:
-    return (folder / "adapter_config.json").is_file() or (
-        (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
-    )
-
-
-def find_model(run_dir: str | Path, merged: bool = False) -> Run:
-    """A pipeline run folder (``sft/``), an SFT output folder (``adapter/``, ``model/``, ``merged/``), or the weights
-    folder itself. ``merged`` picks ``merged/`` over the adapter."""
-    path = _folder(run_dir)
-    if _has_weights(path):
-        sft = path.parent if path.name in ("adapter", "model", "merged") else None
-        return Run(sft.parent if sft and sft.name == "sft" else sft or path, path, sft)
-    sft = path / "sft" if (path / "sft").is_dir() else path
-    for name in ("merged",) if merged else ("adapter", "model"):
-        if _has_weights(sft / name):
-            return Run(path, sft / name, sft)
-    what = "merged/ (train with save_merged: true)" if merged else "adapter/ or model/"
-    raise TeamsRLError(f"no {what} here or under sft/: run `teams-rl sft` first", file=str(run_dir))
-
-
-# --- hub.json --------------------------------------------------------------------------------------------------------
-def read_pushes(root: Path) -> dict:
-    path = Path(root) / HUB_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def record_push(root: Path, kind: str, entry: dict) -> None:
-    """Keep what was pushed where, per kind (``dataset``, ``model``), in ``ROOT/hub.json``."""
-    pushes = {**read_pushes(root), kind: entry}
-    atomic_write_text(Path(root) / HUB_FILE, json.dumps(pushes, indent=2, ensure_ascii=False) + "\n")
-
-
-def repo_url(kind: str, repo_id: str, revision: str | None = None) -> str:
-    from huggingface_hub import constants
-
-    url = f"{constants.ENDPOINT}/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
-    return url + (f"/tree/{quote(revision, safe='')}" if revision and revision != "main" else "")
 
 
 # --- Hub access ------------------------------------------------------------------------------------------------------
@@ -370,80 +293,3 @@ def push_model(
         _prepare(api, repo_id, "model", revision, not public, message)
         done = _commit(api, repo_id, "model", revision, files, message)
     return _done(run.root, "model", repo_id, revision, done.oid, private, run.folder)
-
-
-# --- CLI -------------------------------------------------------------------------------------------------------------
-def _common(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help=f"A run folder, or the {what} folder itself.")
-    parser.add_argument("--repo-id", required=True, metavar="USER/NAME", help="The Hub repo to push to.")
-    parser.add_argument(
-        "--revision",
-        metavar="BRANCH",
-        help="Push to this branch (made from main if missing); one branch per experiment. Default: main.",
-    )
-    parser.add_argument(
-        "--public",
-        action="store_true",
-        help="Make a new repo public (default: private). An existing repo keeps its visibility.",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="Replace an earlier push at this revision.")
-    parser.add_argument("--message", metavar="MSG", help="Commit message.")
-
-
-def cli(argv: list[str]) -> None:
-    """The ``teams-rl push`` handler."""
-    parser = argparse.ArgumentParser(
-        prog="teams-rl push",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Upload a run's dataset or model to the Hugging Face Hub with its card, private by default.\n"
-        "Log in first (`hf auth login`, or set HF_TOKEN): no token is ever taken on the command line.\n"
-        "Each push is recorded in hub.json in the run folder.",
-        epilog="examples:\n  teams-rl push dataset runs/demo --repo-id me/demo-data --revision exp-1\n"
-        "  teams-rl push model runs/demo --repo-id me/demo-model --revision exp-1  # links the dataset above",
-    )
-    sub = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
-    data = sub.add_parser(
-        "dataset",
-        help="The synthesized dataset: rows as parquet, card, recipes, plots.",
-        description="Upload RUN_DIR/dataset (rows with their full lineage) with a dataset card: "
-        "method, seeds, models per role, policy, LLM calls and tokens, rows kept and eliminated, "
-        "metrics, plots, and the recipes to reproduce it.",
-    )
-    _common(data, "dataset")
-    data.add_argument(
-        "--no-metrics",
-        action="store_true",
-        help="Skip computing dataset metrics when eval/metrics.json "
-        "is missing (computing them loads a small embedding model).",
-    )
-    model = sub.add_parser(
-        "model",
-        help="The fine-tuned adapter or model, with its SFT card extended.",
-        description="Upload the SFT adapter (or full model) with its card: base model, the dataset "
-        "on the Hub, the SFT recipe, the evaluation table (base vs tuned, privacy AUC), plots.",
-    )
-    _common(model, "adapter or model")
-    model.add_argument("--merged", action="store_true", help="Push sft/merged (the adapter merged into the base).")
-    model.add_argument(
-        "--dataset-repo-id",
-        metavar="USER/NAME",
-        help="The dataset repo to link (default: the dataset push recorded in RUN_DIR/hub.json).",
-    )
-    model.add_argument("--dataset-revision", metavar="BRANCH", help="Its revision (with --dataset-repo-id).")
-    args = parser.parse_args(argv)
-    common = {"revision": args.revision, "public": args.public, "overwrite": args.overwrite, "message": args.message}
-    if args.kind == "dataset":
-        entry = push_dataset(args.run_dir, args.repo_id, metrics=not args.no_metrics, **common)
-    else:
-        entry = push_model(
-            args.run_dir,
-            args.repo_id,
-            merged=args.merged,
-            dataset_repo_id=args.dataset_repo_id,
-            dataset_revision=args.dataset_revision,
-            **common,
-        )
-    print(
-        f"pushed {args.kind} ({'private' if entry['private'] else 'public'}, commit {entry['commit'][:12]}): "
-        f"{entry['url']}"
-    )

@@ -279,7 +279,7 @@ def plan(args: PipelineArguments, recipe: str | None = None) -> list[Stage]:
 def _pushed(run: Path, command: list[str]) -> bool:
     """Already on the Hub (hub.json records it): a push stage resumed after its model upload failed must not push
     the dataset again, which the Hub side would refuse without --overwrite."""
-    from teams_rl.hub.push import read_pushes
+    from teams_rl.hub.runs import read_pushes
 
     kind, repo = command[command.index("push") + 1], command[command.index("--repo-id") + 1]
     revision = command[command.index("--revision") + 1] if "--revision" in command else None
@@ -298,7 +298,7 @@ OVERRIDES = {
 
 def parse_stage(name: str, argv: list[str], recipe: str | None = None) -> tuple:
     """A stage's command line parsed as the stage will parse it; a bad flag points at the pipeline's overrides."""
-    from teams_rl.evaluate import run as evaluate
+    from teams_rl.evaluate.args import EvalArguments
     from teams_rl.policy import train
     from teams_rl.sft import args as sft
     from teams_rl.synthesize import run as synthesize
@@ -310,7 +310,7 @@ def parse_stage(name: str, argv: list[str], recipe: str | None = None) -> tuple:
             return parse_args(synthesize.ARGUMENTS, argv, "teams-rl synthesize")[0]
         if name == "sft":
             return sft.parse(argv)[0]
-        return parse_args([evaluate.EvalArguments], argv, "teams-rl evaluate")[0]
+        return parse_args([EvalArguments], argv, "teams-rl evaluate")[0]
     except TeamsRLError as err:
         raise err.located(recipe, recipe_line(recipe, OVERRIDES[name])) from None
 

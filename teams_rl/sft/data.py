@@ -3,13 +3,14 @@ or a Hub id), mix several by weight, and turn every row into a conversational pr
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.files import sha256
 from teams_rl.core.layout import ROWS_FILE
+from teams_rl.core.refs import looks_like_path
 from teams_rl.env.chat import to_prompt_completion
 from teams_rl.env.dataset import load_rows
 
@@ -25,15 +26,6 @@ class Columns:
     instruction: str = "instruction"
     input: str = "input"
     response: str = "response"
-
-
-def _sha256(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def _hub_revision(path: str) -> str | None:
@@ -72,7 +64,7 @@ def load_source(config, columns: Columns, streaming: bool = False, field: str = 
                         field=key,
                     )
         chats = [to_prompt_completion(r["instruction"], r.get("input") or "", r["response"]) for r in rows]
-        info = {"kind": "teams-rl dataset", "sha256": _sha256([path / ROWS_FILE]), "recipe": summary.get("recipe")}
+        info = {"kind": "teams-rl dataset", "sha256": sha256([path / ROWS_FILE]), "recipe": summary.get("recipe")}
         return _drop_empty(datasets.Dataset.from_list(chats), str(path)), {"path": str(config.path), **info}
     if path.is_file() and path.suffix.lower() in _FILE_TYPES:
         try:
@@ -81,13 +73,13 @@ def load_source(config, columns: Columns, streaming: bool = False, field: str = 
             raise TeamsRLError(
                 f"could not read the file: {type(err).__name__}: {err}".splitlines()[0], file=str(path)
             ) from None
-        info = {"kind": "file", "sha256": _sha256([path])}
+        info = {"kind": "file", "sha256": sha256([path])}
     elif (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         dataset = datasets.load_from_disk(str(path))
         if isinstance(dataset, datasets.DatasetDict):
             dataset = dataset[config.split]
         info = {"kind": "datasets folder", "fingerprint": dataset._fingerprint}
-    elif path.exists() or str(config.path).startswith((".", "/", "~")) or str(config.path).count("/") > 1:
+    elif path.exists() or looks_like_path(str(config.path)):
         what = "does not exist" if not path.exists() else "is not a dataset"
         raise TeamsRLError(
             f"{what}: expected a teams-rl dataset folder (rows.jsonl), a JSON/JSONL/CSV/Parquet file, "
