@@ -21,11 +21,11 @@ demo: install  ## the whole pipeline on the embedded model: policy, synthesis + 
 test: install-dev  ## the whole suite, real embedded model included (what CI runs)
 	$(PYTHON) -m pytest -q
 
-style:  ## lint fixes and formatting
+style: install-dev  ## lint fixes and formatting
 	$(PYTHON) -m ruff check --fix teams_rl tests bench
 	$(PYTHON) -m ruff format teams_rl tests bench
 
-quality:  ## lint, formatting, and the layers contract (each stage package imports only those below it)
+quality: install-dev  ## lint, formatting, and the layers contract (each stage package imports only those below it)
 	$(PYTHON) -m ruff check teams_rl tests bench
 	$(PYTHON) -m ruff format --check teams_rl tests bench
-	lint-imports
+	$(PYTHON) -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"

@@ -13,8 +13,6 @@ from teams_rl.llm.loader import CHATML_TEMPLATE, default_device, load_causal_lm,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHATML_TEMPLATE", "TransformersBackend"]
-
 
 def _row_sampler_class():
     """Built lazily so importing this module does not import torch."""
