@@ -1,13 +1,20 @@
-"""Bench: trained policies vs the random policy (Evol-Instruct), each driving synthesis on held-out seeds with the
-same expert, reviewer and per-role query budget. Prints acceptance rate, mean graded score, distinct-2, embedding
-Vendi score and expert queries per kept row, with each policy's ratio to random (goals: acceptance >= 1.2x,
-Vendi >= 1.1x).
+"""Bench: does a trained instructor get more rows per expert call than uniform-random Evol-Instruct?
 
-    python bench/policy_vs_random.py --policy ppo=runs/smollm2-135m-ppo/policy \\
-        --policy grpo=runs/smollm2-135m-grpo/policy --policy classic=runs/smollm2-135m-classic/policy
+Every policy drives the shipped synthesis recipe (same expert, reviewer, screens and token limits) on the held-out
+fold of the stratified split, under the same expert-call budget, for several synthesis seeds. Per policy it prints
+rows kept at the budget, rows per expert call with a paired bootstrap 95% interval of the ratio to random (the seed
+instruction is the unit, summed over the synthesis seeds), Vendi and distinct-2 at an equal row count, the
+near-duplicate rate, the action entropy and the per-state spread of P(action | state) on held-out states. Beside
+it, the headroom from ``teams-rl explore``: what the best single action and the per-state oracle would gain.
 
-Held-out seeds are the last ``--held-out`` shipped seeds; train with ``held_out_seeds`` >= that so training never
-saw them. Each policy gets its own run folder under ``--out`` (so a re-run is answered by the ledgers).
+    teams-rl explore --config recipes/smollm2-135m/policy/config_ppo.yaml
+    teams-rl train-policy --config recipes/smollm2-135m/policy/config_ppo.yaml
+    python bench/policy_vs_random.py --explore runs/smollm2-135m-ppo/explore \\
+        --policy ppo=runs/smollm2-135m-ppo/policy --json bench/results/policy_vs_random.json
+
+Baselines always included: ``random``, ``untrained`` (the instructor before training: its action head is zero, so
+it is uniform by construction; it checks that nothing else in the instructor path changes the rows) and
+``best_single`` (the one action with the best keep rate on the training folds of the explore table).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,130 +34,258 @@ from teams_rl.core.entry import prepare_process
 
 prepare_process()  # before torch is imported: the CPU thread setting and the warning filters
 
-from teams_rl.env.dataset import load_rows
-from teams_rl.env.seeds import BUILTIN, load_seeds
-from teams_rl.evaluate.metrics import distinct_n, vendi_score
+from teams_rl.core.files import read_jsonl
+from teams_rl.env.build import SeedArguments, select_seeds
+from teams_rl.env.environment import State
+from teams_rl.evaluate.compare import (
+    action_entropy,
+    diversity_at_n,
+    near_duplicate_rate,
+    paired_bootstrap_rate_ratio,
+    per_seed_yield,
+    plot_ratios,
+    state_spread,
+)
 from teams_rl.llm.embeddings import load_embedder
 from teams_rl.synthesize.run import main as synthesize
 
-GOALS = {"acceptance": 1.2, "vendi": 1.1}
-COLUMNS = ("acceptance", "graded", "distinct2", "vendi", "expert_per_row")
+RECIPE = ROOT / "recipes/smollm2-135m/synthesize/config_random.yaml"
 
 
-def held_out_file(n: int, out: Path) -> Path:
-    seeds = load_seeds(BUILTIN)[-n:]
-    path = out / "held_out_seeds.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "".join(json.dumps({"id": s.id, "instruction": s.instruction, "input": s.input}) + "\n" for s in seeds),
-        encoding="utf-8",
-    )
-    return path
+def split_args(args) -> list[str]:
+    return [
+        "--split",
+        "held_out",
+        "--split_folds",
+        str(args.folds),
+        "--split_fold",
+        str(args.fold),
+        "--split_seed",
+        str(args.split_seed),
+    ]
 
 
-def run_policy(name: str, ref: str, seeds: Path, out: Path, args) -> dict:
+def best_single(explore: Path, held_out: set[str]) -> str:
+    """The action with the best keep rate on the explore table's seeds outside the held-out fold."""
+    kept, tried = Counter(), Counter()
+    for row in read_jsonl(explore / "table.jsonl"):
+        if row["seed_id"] not in held_out and row["depth"] == 0:
+            tried[row["action"]] += 1
+            kept[row["action"]] += int(row["kept"])
+    return max(tried, key=lambda a: (kept[a] / tried[a], a))
+
+
+def run(name: str, ref: str, synth_seed: int, args, extra: list[str]) -> dict:
+    out = Path(args.out) / name / f"seed-{synth_seed}"
     argv = [
-        "--dataset_name",
-        str(seeds),
+        "--config",
+        str(RECIPE),
+        *split_args(args),
+        "--max_seeds",
+        "100000",
         "--output_dir",
-        str(out / name),
+        str(out),
+        "--seed",
+        str(synth_seed),
         "--policy",
         ref,
         "--depth",
         str(args.depth),
-        "--seed",
-        str(args.seed),
-        "--expert_model",
-        args.model,
-        "--reviewer_model",
-        args.model,
-        "--expert_dtype",
-        "float32",
-        "--reviewer_dtype",
-        "float32",
-        "--rewrite_max_new_tokens",
-        "96",
+        "--chunk_size",
+        "4",
+        "--expert_max_calls",
+        str(args.budget),
         "--expert_max_new_tokens",
         str(args.answer_tokens),
-        # graded_logprob at weight 0: recorded in every row for this table, but not part of the reward
-        "--reviewer_modes",
-        "judge_logprob:1,embedding:1,graded_logprob:0",
+        *extra,
     ]
-    if ref != "random" and not args.greedy:
-        argv += ["--policy_sample", "true"]  # draw from the policy (seeded per row), as the paper's policy acts
-    if args.expert_max_calls:
-        argv += ["--expert_max_calls", str(args.expert_max_calls)]
+    if args.rewrite_tokens:
+        argv += ["--rewrite_max_new_tokens", str(args.rewrite_tokens)]
+    if ref != "random":
+        argv += ["--policy_sample", "true"]  # draw from the policy (seeded per row), as it acts in the pipeline
+    began = time.perf_counter()
     summary = synthesize(argv)
-    rows = load_rows(out / name / "dataset")[0]
-    expert_calls = sum(c["new"] + c["cached"] for c in summary["calls"] if c["role"] == "expert")
-    graded = [r["score_graded_logprob"] for r in rows if r.get("score_graded_logprob") is not None]
+    rows = read_jsonl(out / "dataset" / "rows.jsonl")
+    rejected = read_jsonl(out / "dataset" / "rejected.jsonl")
+    per_seed_rows, per_seed_calls = per_seed_yield(rows, rejected)
+    actions = [r["actions"][-1] for r in rows] + [r["action"] for r in rejected]
+    expert = sum(c["new"] + c["cached"] for c in summary["calls"] if c["role"] == "expert")
     return {
         "rows": len(rows),
-        "steps": summary["steps"],
-        "acceptance": len(rows) / summary["steps"] if summary["steps"] else 0.0,
-        "graded": 1 + 9 * sum(graded) / len(graded) if graded else 0.0,
-        "distinct2": distinct_n([r["instruction"] for r in rows], 2),
+        "expert_calls": expert,
+        "stopped": bool(summary["stopped"]),
+        "per_seed_rows": per_seed_rows,
+        "per_seed_calls": per_seed_calls,
         "instructions": [r["instruction"] for r in rows],
-        "expert_per_row": expert_calls / len(rows) if rows else float("inf"),
-        "stopped": summary["stopped"],
+        "actions": actions,
+        "eliminated": summary["eliminated"],
+        "wall_s": round(time.perf_counter() - began, 1),
     }
+
+
+def spread_of(ref: str, states: list[State], actions) -> float | None:
+    if ref == "random" or ref.startswith("action:"):
+        return 0.0
+    from teams_rl.policy import load_policy
+
+    policy = load_policy(ref, actions)
+    probs = policy.probabilities(states)
+    return float(state_spread(probs.numpy() if hasattr(probs, "numpy") else probs))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", action="append", default=[], metavar="NAME=FOLDER", help="a trained policy")
+    parser.add_argument("--explore", required=True, help="the policy run's explore folder (table.jsonl, summary)")
     parser.add_argument(
-        "--policy",
-        action="append",
-        default=[],
-        metavar="NAME=FOLDER",
-        help="a trained policy to compare (repeat); random is always included",
+        "--untrained", default="smollm2-135m", help="instructor model for the untrained baseline ('' skips it)"
     )
-    parser.add_argument("--held-out", type=int, default=16, help="last N shipped seeds (default: 16)")
-    parser.add_argument("--depth", type=int, default=2, help="evolution steps per seed (default: 2)")
-    parser.add_argument("--expert-max-calls", type=int, default=None, help="per-policy expert budget (default: none)")
-    parser.add_argument("--answer-tokens", type=int, default=96, help="expert answer length (default: 96)")
-    parser.add_argument("--model", default="smollm2-135m", help="expert and reviewer model (default: smollm2-135m)")
+    parser.add_argument("--budget", type=int, default=60, help="expert calls per policy and synthesis seed")
+    parser.add_argument("--synth-seeds", type=int, nargs="+", default=[1, 2, 3], help="synthesis run seeds")
+    parser.add_argument("--depth", type=int, default=2, help="evolution steps per seed (default 2)")
+    parser.add_argument("--answer-tokens", type=int, default=96, help="expert answer length (default 96)")
     parser.add_argument(
-        "--greedy", action="store_true", help="trained policies take their most likely action instead of sampling one"
+        "--rewrite-tokens", type=int, default=None, help="rewrite_max_new_tokens (default: the recipe's)"
     )
-    parser.add_argument("--seed", type=int, default=42, help="run seed shared by every policy (default: 42)")
+    parser.add_argument("--folds", type=int, default=3, help="split_folds of the policy recipe")
+    parser.add_argument("--fold", type=int, default=0, help="the held-out fold (split_fold)")
+    parser.add_argument("--split-seed", type=int, default=0, help="split_seed of the policy recipe")
     parser.add_argument("--out", default="runs/bench-policy", help="folder for the per-policy runs")
+    parser.add_argument("--json", default=None, help="also write the results JSON here")
     args = parser.parse_args(argv)
-    policies = {"random": "random"}
+    began = time.perf_counter()
+
+    seed_args = SeedArguments(
+        dataset_name="builtin",
+        split="held_out",
+        split_folds=args.folds,
+        split_fold=args.fold,
+        split_seed=args.split_seed,
+    )
+    seeds = select_seeds(seed_args)
+    held = {s.id for s in seeds}
+    explore = Path(args.explore)
+    single = best_single(explore, held)
+    policies: dict[str, tuple[str, list[str]]] = {
+        "random": ("random", []),
+        "best_single": ("random", ["--actions", single]),
+    }
+    if args.untrained:
+        from teams_rl.env.build import select_actions
+        from teams_rl.policy.instructor import write_untrained_policy
+
+        folder = write_untrained_policy(Path(args.out) / "untrained-policy", args.untrained, select_actions(None))
+        policies["untrained"] = (str(folder), [])
     for item in args.policy:
         name, sep, ref = item.partition("=")
-        if not sep or not name or not ref:
+        if not sep:
             parser.error(f"--policy takes NAME=FOLDER, got {item!r}")
-        policies[name] = ref
+        policies[name] = (ref, [])
 
-    out = Path(args.out)
-    seeds = held_out_file(args.held_out, out)
-    results = {name: run_policy(name, ref, seeds, out, args) for name, ref in policies.items()}
+    runs = {
+        name: [run(name, ref, k, args, extra) for k in args.synth_seeds] for name, (ref, extra) in policies.items()
+    }
     embedder = load_embedder("minilm")
-    for r in results.values():
-        r["vendi"] = vendi_score(embedder.encode(r.pop("instructions"))) if r["rows"] else 0.0
 
-    base = results["random"]
-    print(
-        f"\nPolicies vs random on {args.held_out} held-out seeds, depth {args.depth}, expert/reviewer "
-        f"{args.model}, expert budget {args.expert_max_calls or 'none'}, trained policies "
-        f"{'greedy' if args.greedy else 'sampled'}"
-    )
-    head = f"{'policy':<10}{'rows':>6}{'accept':>8}{'graded':>8}{'dist-2':>8}{'vendi':>8}{'exp/row':>9}"
-    print(head + "   ratios to random: accept / graded / dist-2 / vendi / exp-per-row")
-    for name, r in results.items():
-        ratios = " / ".join(f"{r[c] / base[c]:.2f}" if base[c] else "n/a" for c in COLUMNS)
-        print(
-            f"{name:<10}{r['rows']:>6}{r['acceptance']:>8.3f}{r['graded']:>8.2f}{r['distinct2']:>8.3f}"
-            f"{r['vendi']:>8.2f}{r['expert_per_row']:>9.2f}   {ratios if name != 'random' else '-'}"
+    def embed(texts):
+        return embedder.encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+
+    def summed(name: str, key: str) -> dict[str, float]:
+        total: dict[str, float] = defaultdict(float)
+        for r in runs[name]:
+            for seed_id, v in r[key].items():
+                total[seed_id] += v
+        return {s: total.get(s, 0.0) for s in held}
+
+    n_equal = min(sum(len(r["instructions"]) for r in rs) for rs in runs.values())
+    from teams_rl.env.build import select_actions
+
+    actions = select_actions(None)
+    states = [State.from_seed(s) for s in seeds]
+    table = {}
+    for name, rs in runs.items():
+        texts = [t for r in rs for t in r["instructions"]]
+        ratio = paired_bootstrap_rate_ratio(
+            summed(name, "per_seed_rows"),
+            summed(name, "per_seed_calls"),
+            summed("random", "per_seed_rows"),
+            summed("random", "per_seed_calls"),
         )
-    for name, r in results.items():
-        if name == "random":
-            continue
-        for column, goal in GOALS.items():
-            ratio = r[column] / base[column] if base[column] else 0.0
-            print(f"{name}: {column} {ratio:.2f}x random ({'meets' if ratio >= goal else 'MISSES'} the {goal}x goal)")
-    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+        div = diversity_at_n(texts, n_equal, embed=embed) if n_equal else {"vendi": None, "distinct_2": None}
+        ref = policies[name][0] if name != "best_single" else f"action:{single}"
+        table[name] = {
+            "rows_at_budget": sum(r["rows"] for r in rs) / len(rs),
+            "rows_per_call": sum(r["rows"] for r in rs) / max(1, sum(r["expert_calls"] for r in rs)),
+            "rows_ratio": ratio.estimate,
+            "rows_ratio_ci_lo": ratio.lo,
+            "rows_ratio_ci_hi": ratio.hi,
+            "share_of_draws_at_or_below_1": ratio.share_below_one,
+            "vendi_equal_n": div["vendi"],
+            "distinct2_equal_n": div["distinct_2"],
+            "near_duplicate_rate": near_duplicate_rate(texts, embed) if texts else None,
+            "action_entropy": action_entropy([a for r in rs for a in r["actions"]], len(actions)),
+            "state_spread": spread_of(ref, states, actions),
+            "eliminated": dict(sum((Counter(r["eliminated"]) for r in rs), Counter())),
+            "wall_s": sum(r["wall_s"] for r in rs),
+            "interval": ratio,
+        }
+    base_vendi = table["random"]["vendi_equal_n"]
+    for entry in table.values():
+        v = entry["vendi_equal_n"]
+        entry["vendi_ratio_equal_n"] = v / base_vendi if v is not None and base_vendi else None
+    headroom = json.loads((explore / "summary.json").read_text(encoding="utf-8"))
+    result = {
+        "held_out_seeds": len(seeds),
+        "fold": f"{args.fold}/{args.folds}",
+        "budget_expert_calls": args.budget,
+        "synthesis_seeds": args.synth_seeds,
+        "depth": args.depth,
+        "equal_n": n_equal,
+        "best_single_action": single,
+        "policies": {k: {kk: vv for kk, vv in v.items() if kk != "interval"} for k, v in table.items()},
+        "headroom": {
+            "best_single_rows_ratio": headroom["rows_ratio"]["best_single"],
+            "best_per_category_rows_ratio": headroom["rows_ratio"]["best_per_category"],
+            "oracle_rows_ratio": headroom["rows_ratio"]["oracle"],
+            "uniform_keep_rate": headroom["uniform_keep_rate"],
+            "states": headroom["states"],
+        },
+        "wall_s": round(time.perf_counter() - began, 1),
+    }
+    out = Path(args.out)
+    plot_ratios(
+        {k: v["interval"] for k, v in table.items() if k != "random"},
+        out / "policy_vs_random.png",
+        f"Rows per expert call vs random ({len(seeds)} held-out seeds x {len(args.synth_seeds)} seeds)",
+    )
+    text = json.dumps(result, indent=2) + "\n"
+    (out / "results.json").write_text(text, encoding="utf-8")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text, encoding="utf-8")
+
+    print(
+        f"\n{len(seeds)} held-out seeds (fold {args.fold}/{args.folds}), budget {args.budget} expert calls, "
+        f"synthesis seeds {args.synth_seeds}, depth {args.depth}; best single action: {single}"
+    )
+    print(
+        f"{'policy':<12}{'rows@B':>7}{'rows/call':>10}{'ratio':>7}{'95% CI':>16}{'vendi@n':>9}{'dist2@n':>8}"
+        f"{'neardup':>8}{'H(act)':>7}{'spread':>7}"
+    )
+    for name, e in table.items():
+        ci = f"[{e['rows_ratio_ci_lo']:.2f}, {e['rows_ratio_ci_hi']:.2f}]"
+        fmt = lambda v, w, p=3: f"{v:>{w}.{p}f}" if isinstance(v, float) else f"{'n/a':>{w}}"  # noqa: E731
+        print(
+            f"{name:<12}{e['rows_at_budget']:>7.1f}{fmt(e['rows_per_call'], 10)}{fmt(e['rows_ratio'], 7, 2)}"
+            f"{ci:>16}{fmt(e['vendi_equal_n'], 9, 2)}{fmt(e['distinct2_equal_n'], 8)}"
+            f"{fmt(e['near_duplicate_rate'], 8)}{fmt(e['action_entropy'], 7, 2)}{fmt(e['state_spread'], 7)}"
+        )
+    h = result["headroom"]
+    print(
+        f"headroom (explore, {h['states']} states): best single {h['best_single_rows_ratio']:.3f}x, "
+        f"best per category {h['best_per_category_rows_ratio']:.3f}x, oracle {h['oracle_rows_ratio']:.3f}x random"
+    )
+    print(f"equal n for diversity: {n_equal} rows; wall {result['wall_s']:.0f} s; results in {out / 'results.json'}")
     return 0
 
 

@@ -10,6 +10,10 @@ from teams_rl.core.entry import run_stage
 
 # command -> (the stage's command function as "module:function", one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "explore": (
+        "teams_rl.policy.explore:cli",
+        "The headroom table: every action on every seed, k rewriter samples each; what a policy could gain.",
+    ),
     "train-policy": (
         "teams_rl.policy.train:cli",
         "Train the instructor policy (PPO, GRPO or the classic MLP) against the reviewer's reward.",

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 from teams_rl.env.actions import load_actions
-from teams_rl.env.build import ReviewArguments, ReviewerArguments, SeedArguments
+from teams_rl.env.build import EnvArguments, ReviewArguments, ReviewerArguments, SeedArguments
 from teams_rl.llm.factory import BackendPool
 from teams_rl.llm.scripted import ScriptedBackend
 from teams_rl.policy.train import PolicyArguments, RewriterArguments, build_setup
@@ -74,5 +74,12 @@ def make_setup(
         rewriter,
         ReviewerArguments(),
         ReviewArguments(reviewer_modes="judge_logprob:1"),
+        text_screens_only(),
     )
     return setup, backend
+
+
+def text_screens_only(**kwargs) -> EnvArguments:
+    """The shared env settings with the embedding screens off: scripted rewrites are not about their seeds."""
+    off = {"screen_min_similarity": 0.0, "screen_breadth_min_similarity": 0.0, "screen_min_relevance": 0.0}
+    return EnvArguments(**{**off, **kwargs})

@@ -91,8 +91,8 @@ def test_shipped_recipe_parses():
     from teams_rl.env.seeds import load_seeds
     from teams_rl.synthesize.run import ARGUMENTS
 
-    (seed_args, args, expert, reviewer, review), _ = parse_args(ARGUMENTS, ["--config", str(RECIPE)])
-    assert args.policy == "random" and expert.expert_model == "smollm2-135m"
+    (seed_args, args, expert, reviewer, review, env), _ = parse_args(ARGUMENTS, ["--config", str(RECIPE)])
+    assert args.policy == "random" and expert.expert_model == "smollm2-135m" and env.rewrite_max_new_tokens == 96
     assert seed_args.dataset_name == "builtin"
     assert len(load_seeds(seed_args.dataset_name, limit=seed_args.max_seeds)) == seed_args.max_seeds
 

@@ -111,10 +111,10 @@ def test_tensorboard_logs_and_budget_stop_still_saves(tmp_path, monkeypatch):
 def test_recipe_parses_and_must_name_the_rewriter(tmp_path, monkeypatch):
     from teams_rl.core.errors import TeamsRLError
     from teams_rl.core.recipes import parse_args
-    from teams_rl.env.build import ReviewArguments, ReviewerArguments, SeedArguments
+    from teams_rl.env.build import EnvArguments, ReviewArguments, ReviewerArguments, SeedArguments
     from teams_rl.policy.train import PolicyArguments, RewriterArguments, build_setup
 
-    shared = (SeedArguments, PolicyArguments, RewriterArguments, ReviewerArguments, ReviewArguments)
+    shared = (SeedArguments, PolicyArguments, RewriterArguments, ReviewerArguments, ReviewArguments, EnvArguments)
     (seeds, policy_args, rewriter, *_, config), _ = parse_args(
         (*shared, ClassicConfig), ["--config", "recipes/smollm2-135m/policy/config_classic.yaml"]
     )
@@ -122,7 +122,17 @@ def test_recipe_parses_and_must_name_the_rewriter(tmp_path, monkeypatch):
     assert (config.hidden_sizes, config.max_kl, config.damping, config.cg_iters) == ([64, 64], 0.01, 0.1, 10)
     assert classic.run_settings(config) == ("runs/smollm2-135m-classic", 42, None)
     with pytest.raises(TeamsRLError, match="rewriter_model"):  # the default 'instructor' has nothing to borrow
-        build_setup(tmp_path, 0, None, seeds, policy_args, RewriterArguments(), ReviewerArguments(), ReviewArguments())
+        build_setup(
+            tmp_path,
+            0,
+            None,
+            seeds,
+            policy_args,
+            RewriterArguments(),
+            ReviewerArguments(),
+            ReviewArguments(),
+            EnvArguments(),
+        )
 
 
 def test_cli_trains_from_the_recipe_and_prints_the_policy_and_ledger(tmp_path, monkeypatch, capsys):

@@ -9,7 +9,13 @@ from teams_rl.core.errors import TeamsRLError
 from teams_rl.env.actions import load_actions
 from teams_rl.env.environment import State
 from teams_rl.policy import load_policy
-from teams_rl.policy.instructor import InstructorFormat, InstructorPolicy, add_action_mask, write_policy_meta
+from teams_rl.policy.instructor import (
+    InstructorFormat,
+    InstructorPolicy,
+    add_action_head,
+    state_probs,
+    write_policy_meta,
+)
 from teams_rl.policy.rollout import EpisodePool
 from teams_rl.policy.train import main as train_main
 from tests.policy_helpers import make_setup
@@ -29,7 +35,7 @@ def tokenizer(tiny_model_dir):
 def test_format_numbers_the_menu_and_parses_exactly(tokenizer):
     fmt = InstructorFormat(ACTIONS, tokenizer)
     text = fmt.prompt_text(STATES[2])
-    assert "1. add constraints:" in text and "6. complicate input:" in text
+    assert fmt.menu.startswith("1. add constraints:") and "6. complicate input:" in fmt.menu
     assert "Input: x = 1" in text and "Explain topic 2." in text
     assert fmt.parse("2") == NAMES[1] and fmt.parse(" 6\n") == NAMES[5]
     for bad in ("7", "0", "22", "deepen", "2.", ""):
@@ -38,7 +44,9 @@ def test_format_numbers_the_menu_and_parses_exactly(tokenizer):
     assert fmt.action_of_token(0) is None
 
 
-def test_mask_lets_the_model_say_only_menu_digits(tiny_model_dir, tokenizer):
+def test_action_head_starts_uniform_in_every_state_and_says_only_menu_digits(tiny_model_dir, tokenizer):
+    import copy
+
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -46,14 +54,30 @@ def test_mask_lets_the_model_say_only_menu_digits(tiny_model_dir, tokenizer):
     batch = tokenizer([fmt.prompt_text(s) for s in STATES], return_tensors="pt", padding=True)
     before = model.generate(**batch, max_new_tokens=1, do_sample=True, top_k=0)[:, -1]
     assert not set(before.tolist()) <= set(fmt.answer_token_ids)  # a random model says anything
-    handle = add_action_mask(model, fmt.answer_token_ids)
+    handle = add_action_head(model, fmt.answer_token_ids)
+    probs = state_probs(model, fmt, STATES)
+    assert torch.allclose(probs, torch.full_like(probs, 1 / 6), atol=1e-3)  # uniform, whatever the state
     torch.manual_seed(0)
     after = model.generate(**batch, max_new_tokens=1, do_sample=True, top_k=0)[:, -1]
     assert set(after.tolist()) <= set(fmt.answer_token_ids)
     logits = model(**batch).logits[:, -1].float()
     assert torch.isfinite(torch.log_softmax(logits, -1) * torch.softmax(logits, -1)).all()  # entropy stays finite
+    reference = copy.deepcopy(model)  # a reference copy keeps its own (zero) head
+    with torch.no_grad():
+        model.action_head.weight.normal_()
+    moved = state_probs(model, fmt, STATES)
+    assert (moved - moved.mean(0)).abs().max() > 1e-3  # the head reads the state through the hidden state
+    assert torch.allclose(state_probs(reference, fmt, STATES), probs)
+    assert not any("lm_head" in n or "embed" in n for n, _ in model.action_head.named_parameters())
     handle.remove()
     assert not torch.equal(model(**batch).logits[:, -1].float(), logits)
+
+
+def test_the_state_prompt_shows_the_rewrites_so_far(tokenizer):
+    fmt = InstructorFormat(ACTIONS, tokenizer)
+    assert "Rewrites so far: none (the seed)" in fmt.prompt_text(STATES[0])
+    evolved = State("s0", "Explain topic 0 in detail.", depth=2, step=2, actions=("deepen", "add_constraints"))
+    assert "Rewrites so far: deepen, then add constraints" in fmt.prompt_text(evolved)
 
 
 def test_episode_pool_carries_kept_rewrites_until_depth():
@@ -73,7 +97,8 @@ def test_episode_pool_carries_kept_rewrites_until_depth():
 
 
 def test_reward_penalises_unparseable_and_continues_with_the_best_of_a_group(tmp_path, monkeypatch):
-    setup, backend = make_setup(tmp_path, monkeypatch, preferred="deepen", depth=3, n_seeds=4)
+    # one rewriter sample per (state, action), so a repeat is the same request
+    setup, backend = make_setup(tmp_path, monkeypatch, preferred="deepen", depth=3, n_seeds=4, rewrite_samples=1)
     reward = setup.reward(lambda a: a if a in NAMES else None)
     start = setup.pool.state(0)
     rewards = reward([0, 0, 0, 1], ["concretize", "deepen", "nonsense", "add_constraints"])

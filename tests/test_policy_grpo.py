@@ -11,7 +11,7 @@ from trl import ModelConfig
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.recipes import parse_args
-from teams_rl.env.build import ReviewArguments, ReviewerArguments, SeedArguments
+from teams_rl.env.build import EnvArguments, ReviewArguments, ReviewerArguments, SeedArguments
 from teams_rl.policy import grpo, load_policy
 from teams_rl.policy.grpo import CONFIG_CLASSES, GRPOPolicyConfig, instructor_reward, run_settings, train
 from teams_rl.policy.instructor import InstructorFormat, InstructorPolicy, read_policy_meta, write_policy_meta
@@ -40,14 +40,14 @@ def grpo_config(run_dir: Path, **overrides) -> GRPOPolicyConfig:
 
 
 def lora(model_dir: str) -> ModelConfig:
-    # lm_head too: the tiny model's random head gives small logits, and LoRA below it plateaus near P = 0.4
+    # no lm_head: the action head (trained in full) gives the answer logits
     return ModelConfig(
         model_name_or_path=model_dir,
         use_peft=True,
         lora_r=16,
         lora_alpha=32,
         lora_dropout=0.0,
-        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"],
+        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     )
 
 
@@ -88,7 +88,11 @@ def test_grpo_learns_the_rewarded_action_and_saves_a_loadable_policy(tmp_path, m
         "base_model": tiny_model_dir,
         "steps": 20,
         "stopped": None,
+        "action_head": True,
+        "answer_token_ids": meta["answer_token_ids"],
+        "temperature": 1.0,
     }
+    assert abs(meta_probe_before(folder)["deepen"] - 1 / 6) < 1e-3  # training starts from uniform
     assert (folder / "adapter_config.json").is_file()
     policy = load_policy(str(folder), ACTIONS)
     after = p_deepen(policy, states)
@@ -107,15 +111,19 @@ def test_grpo_learns_the_rewarded_action_and_saves_a_loadable_policy(tmp_path, m
     assert (setup.run_dir / "plots" / "reward.png").is_file()
 
 
+def meta_probe_before(folder) -> dict:
+    return read_policy_meta(folder)["probe_before"]
+
+
 def test_prompts_show_kept_rewrites_as_next_states(tmp_path, monkeypatch, tiny_model_dir):
     setup, _ = make_setup(
         tmp_path, monkeypatch, preferred="deepen", instructor_model=tiny_model_dir, depth=3, n_seeds=4
     )
     shown, step = [], setup.env.step
 
-    def recording(states, actions):
+    def recording(states, actions, samples=None):
         shown.extend(s.depth for s in states)
-        return step(states, actions)
+        return step(states, actions, samples)
 
     monkeypatch.setattr(setup.env, "step", recording)
     # the reward function refuses a prompt that is not its slot's current state, so a stale prompt would fail here
@@ -170,7 +178,7 @@ def test_settings_that_would_break_the_mask_or_the_pool_are_refused(
 
 
 def test_recipe_parses_with_the_shared_arguments():
-    shared = (SeedArguments, PolicyArguments, RewriterArguments, ReviewerArguments, ReviewArguments)
+    shared = (SeedArguments, PolicyArguments, RewriterArguments, ReviewerArguments, ReviewArguments, EnvArguments)
     parsed, _ = parse_args((*shared, *CONFIG_CLASSES), ["--config", str(RECIPE), "--max_steps", "3"])
     policy_args, config, model_config = parsed[1], parsed[-2], parsed[-1]
     assert policy_args.algorithm == "grpo" and model_config.use_peft

@@ -11,7 +11,7 @@ from trl import ModelConfig
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.policy import load_policy, ppo
-from teams_rl.policy.instructor import InstructorFormat, add_action_mask, read_policy_meta
+from teams_rl.policy.instructor import InstructorFormat, add_action_head, read_policy_meta
 from teams_rl.policy.ppo_reward import (
     GET_REWARD_PARAMS,
     CallableReward,
@@ -20,7 +20,7 @@ from teams_rl.policy.ppo_reward import (
 )
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "smollm2-135m" / "policy" / "config_ppo.yaml"
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def _config(run_dir, **overrides) -> ppo.PPOPolicyConfig:
@@ -73,8 +73,11 @@ def test_ppo_learns_the_preferred_action(trained):
     setup, folder = trained
     meta = read_policy_meta(folder)
     assert meta["algorithm"] == "ppo" and meta["steps"] == 8
-    assert meta["probe_before"]["deepen"] < 0.3
-    policy = load_policy(str(folder), setup.actions)
+    # the untrained instructor is uniform over the six actions, in every state: only training moved it
+    assert all(abs(meta["probe_before"][n] - 1 / 6) < 1e-3 for n in meta["actions"])
+    assert meta["probe_before"]["spread"] < 1e-6
+    assert load_policy(str(folder), setup.actions).temperature == meta["temperature"] == 0.7  # sampled as trained
+    policy = load_policy(str(folder), setup.actions, temperature=1.0)  # the probe's temperature
     probs = policy.probabilities(setup.pool.seeds)
     deepen = policy.format.names.index("deepen")
     assert probs[:, deepen].mean() > 0.6, probs.mean(0)
@@ -169,17 +172,20 @@ def test_queries_follow_the_pool_and_map_back_to_slots(tmp_path, monkeypatch, ti
     deepen = str(fmt.names.index("deepen") + 1)
     slots = queries.take([decode(first[0]), decode(first[1])])
     assert slots == [0, 2]
-    assert reward(slots, [deepen, "x"]) == [pytest.approx(0.95), -0.5]  # kept rewrite, unparseable answer
+    # kept rewrite: 1 + 0.25 x P(Yes) 0.95; unparseable answer: the penalty
+    assert reward(slots, [deepen, "x"]) == [pytest.approx(1 + 0.25 * 0.95), -0.5]
     assert reward.stats.unparseable == 1 and reward.stats.log_dict()["env/parse_failure_rate"] == 0.5
     again = decode(queries[0]["input_ids"])  # slot 0 is free again and shows its kept rewrite (depth 1 of 2)
-    assert "deepen treatment" in again and "Rewrites so far: 1" in again
-    assert "Rewrites so far: 0" in decode(queries[2]["input_ids"])  # slot 2's answer was unparseable: same seed
+    assert "deepen treatment" in again and "Rewrites so far: deepen" in again
+    assert "Rewrites so far: none (the seed)" in decode(
+        queries[2]["input_ids"]
+    )  # slot 2's answer was unparseable: same seed
     with pytest.raises(RuntimeError, match="no slot is waiting"):
         queries.take(["a prompt never handed out"])
     setup.ledger.close()
 
 
-def test_the_mask_makes_every_sampled_answer_a_menu_digit(tiny_model_dir):
+def test_the_action_head_makes_every_sampled_answer_a_menu_digit(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from teams_rl.env.actions import load_actions
@@ -193,10 +199,27 @@ def test_the_mask_makes_every_sampled_answer_a_menu_digit(tiny_model_dir):
     torch.manual_seed(0)
     unmasked = model.generate(**ids, generation_config=gen, num_return_sequences=64)[:, -1]
     assert not set(unmasked.tolist()) <= set(fmt.answer_token_ids)  # a random model says anything
-    add_action_mask(model, fmt.answer_token_ids)
+    add_action_head(model, fmt.answer_token_ids)
     masked = model.generate(**ids, generation_config=gen, num_return_sequences=64)[:, -1]
     assert set(masked.tolist()) <= set(fmt.answer_token_ids)
     assert all(fmt.parse(tok.decode([t])) for t in masked.tolist())
+
+
+def test_lora_on_a_tied_lm_head_is_refused(tmp_path, monkeypatch, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from teams_rl.policy.instructor import instructor_peft_config
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tied = ModelConfig(
+        model_name_or_path=tiny_model_dir, use_peft=True, lora_target_modules=[*LORA_TARGETS, "lm_head"]
+    )
+    if model.config.tie_word_embeddings:
+        with pytest.raises(TeamsRLError, match="tied") as err:
+            instructor_peft_config(tied, model)
+        assert err.value.field == "lora_target_modules"
+    config = instructor_peft_config(_model_config(tiny_model_dir), model)
+    assert "action_head" in config.modules_to_save and "lm_head" not in config.target_modules
 
 
 def test_too_few_episode_slots_is_refused_before_loading(tmp_path, monkeypatch):
@@ -209,14 +232,14 @@ def test_too_few_episode_slots_is_refused_before_loading(tmp_path, monkeypatch):
 
 def test_recipe_parses_and_names_the_run(monkeypatch):
     from teams_rl.core.recipes import parse_args
-    from teams_rl.env.build import ReviewArguments, ReviewerArguments, SeedArguments
+    from teams_rl.env.build import EnvArguments, ReviewArguments, ReviewerArguments, SeedArguments
     from teams_rl.policy.train import PolicyArguments, RewriterArguments
 
-    shared = (SeedArguments, PolicyArguments, RewriterArguments, ReviewerArguments, ReviewArguments)
+    shared = (SeedArguments, PolicyArguments, RewriterArguments, ReviewerArguments, ReviewArguments, EnvArguments)
     parsed, _ = parse_args((*shared, *ppo.CONFIG_CLASSES), ["--config", str(RECIPE)])
-    policy_args, review_args, config, model_config = parsed[1], parsed[4], parsed[5], parsed[6]
+    policy_args, review_args, config, model_config = parsed[1], parsed[4], parsed[6], parsed[7]
     assert policy_args.algorithm == "ppo" and review_args.reviewer_modes == "judge_logprob:1,embedding:1"
-    assert model_config.use_peft and "lm_head" in model_config.lora_target_modules
+    assert model_config.use_peft and "lm_head" not in model_config.lora_target_modules  # tied to the embeddings
     assert config.response_length == 1 and config.bf16 is False and "tensorboard" in config.report_to
     assert config.per_device_train_batch_size * 2 <= (policy_args.episode_slots or 80)
     assert ppo.run_settings(config, model_config) == ("runs/smollm2-135m-ppo", config.seed, "smollm2-135m")

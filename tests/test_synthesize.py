@@ -156,3 +156,14 @@ def test_shards_merge_into_the_unsharded_dataset(seeds_file, tmp_path, backend):
     assert merged["duplicates_dropped"] == len(shard_ids[0])
     rows = load_rows(tmp_path / "sharded" / "dataset")[0]
     assert sorted(rows, key=lambda r: r["id"]) == sorted(whole, key=lambda r: r["id"])
+
+
+def test_a_dataset_with_no_rows_still_loads(tmp_path):
+    import datasets
+
+    from teams_rl.env.dataset import load_rows, write_dataset
+
+    write_dataset(tmp_path / "dataset", [], [{"id": "s/1", "reason": "answered"}], {"rows": 0})
+    assert len(datasets.load_from_disk(str(tmp_path / "dataset"))) == 0
+    rows, rejected, summary = load_rows(tmp_path / "dataset")
+    assert rows == [] and rejected[0]["reason"] == "answered" and summary == {"rows": 0}

@@ -49,10 +49,15 @@ def inert_keys(dataclass_types: Sequence[type]) -> set[str]:
     return {f.name for dc in dataclass_types for f in fields(dc) if f.metadata.get("help") is argparse.SUPPRESS}
 
 
-def role_arguments(role: str, **defaults) -> type:
-    """A dataclass of ``<role>_<field>`` keys (model, backend, sampling, budget) for one role: recipes stay flat."""
+def role_arguments(role: str, omit: tuple[str, ...] = (), **defaults) -> type:
+    """A dataclass of ``<role>_<field>`` keys (model, backend, sampling, budget) for one role: recipes stay flat.
+
+    ``omit`` leaves keys out that another dataclass owns (the rewriter's length is the shared
+    ``rewrite_max_new_tokens``)."""
     specs = []
     for name, typ, default, help_text in ROLE_FIELDS:
+        if name in omit:
+            continue
         value = defaults.get(name, default)
         specs.append((f"{role}_{name}", typ, field(default=value, metadata={"help": f"[{role}] {help_text}"})))
     return make_dataclass(f"{role.capitalize()}Arguments", specs)

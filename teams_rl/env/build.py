@@ -15,7 +15,8 @@ from teams_rl.core.recipes import inert, role_arguments, role_settings
 from teams_rl.env.actions import Action, load_actions
 from teams_rl.env.environment import EvolutionEnv
 from teams_rl.env.reviewer import Reviewer, parse_modes
-from teams_rl.env.seeds import BUILTIN, Seed, load_seeds
+from teams_rl.env.screens import ScreenArguments, Screens
+from teams_rl.env.seeds import BUILTIN, Seed, load_seeds, split_seeds
 from teams_rl.llm.embeddings import load_embedder
 from teams_rl.llm.factory import BackendPool, sampling_from
 from teams_rl.llm.ledger import Ledger, RoleClient
@@ -50,6 +51,16 @@ class SeedArguments(ScriptArguments):
             "the last ones out), so synthesis runs on held-out seeds."
         },
     )
+    split: str = field(
+        default="all",
+        metadata={
+            "help": "all, train or held_out: fold split_fold of split_folds, stratified by the seeds' category, is "
+            "held_out and the rest train (the same seeds in every stage for the same split_* keys)."
+        },
+    )
+    split_folds: int = field(default=3, metadata={"help": "Folds of the stratified split (held_out = 1/split_folds)."})
+    split_fold: int = field(default=0, metadata={"help": "Which fold is held_out (0 .. split_folds-1)."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the split's shuffle within each category."})
 
 
 @dataclass
@@ -65,10 +76,30 @@ class ReviewArguments:
     reviewer_min_novelty: float = field(default=0.05, metadata={"help": "No judge: novelty needed for gain."})
 
 
+@dataclass
+class EnvArguments(ScreenArguments):
+    """What makes a rewrite kept and what it earns: the same keys, defaults and code in policy training and in
+    synthesis, so the reward a policy learns from is exactly the screen synthesis applies."""
+
+    rewrite_max_new_tokens: int = field(
+        default=96,
+        metadata={"help": "Longest rewrite (tokens); a rewrite cut at this length is eliminated as truncated."},
+    )
+    reward_quality_weight: float = field(
+        default=0.25,
+        metadata={
+            "help": "Reward = kept x (1 + w x the reviewer's score in [0, 1]): w ranks kept rewrites by the "
+            "reviewer's P(gain) and novelty; any w keeps a kept rewrite worth more than an eliminated one (0)."
+        },
+    )
+
+
 def select_seeds(seed_args: SeedArguments) -> list[Seed]:
-    """The recipe's seeds: ``skip_seeds`` dropped from the front, then at most ``max_seeds``."""
+    """The recipe's seeds: the ``split`` part, then ``skip_seeds`` dropped from the front, then at most
+    ``max_seeds``."""
     source = seed_args.dataset_name or BUILTIN
-    limit = None if seed_args.max_seeds is None else seed_args.skip_seeds + seed_args.max_seeds
+    whole = seed_args.split != "all"  # a split needs every seed to deal the folds, so no early stop
+    limit = None if seed_args.max_seeds is None or whole else seed_args.skip_seeds + seed_args.max_seeds
     seeds = load_seeds(
         source,
         instruction_column=seed_args.instruction_column,
@@ -77,12 +108,17 @@ def select_seeds(seed_args: SeedArguments) -> list[Seed]:
         split=seed_args.dataset_train_split,
         limit=limit,
     )
+    seeds = split_seeds(
+        seeds, seed_args.split, folds=seed_args.split_folds, fold=seed_args.split_fold, seed=seed_args.split_seed
+    )
     if seed_args.skip_seeds:
         if seed_args.skip_seeds >= len(seeds):
             raise TeamsRLError(
                 f"skip_seeds={seed_args.skip_seeds} leaves no seed ({len(seeds)} in {source})", field="skip_seeds"
             )
         seeds = seeds[seed_args.skip_seeds :]
+    if whole and seed_args.max_seeds is not None:
+        seeds = seeds[: seed_args.max_seeds]
     return seeds
 
 
@@ -103,6 +139,7 @@ class BuiltEnv:
     judge: RoleClient | None
     rewrite_settings: dict
     review_settings: dict
+    screens: Screens
 
 
 def build_env(
@@ -114,10 +151,11 @@ def build_env(
     rewrite_settings: dict,
     reviewer_args,
     review_args: ReviewArguments,
-    rewrite_max_new_tokens: int | None = None,
+    env_args: EnvArguments,
 ) -> BuiltEnv:
     """The run folder's ledger, the rewriting role's client (``rewriter`` in training, ``expert`` in synthesis), the
-    reviewer (a judge client when a mode needs one, the embedding model when ``embedding`` is weighted) and the env."""
+    reviewer (a judge client when a mode needs one, the embedding model when ``embedding`` is weighted or a screen
+    compares embeddings), the screens and the env."""
     run_dir = Path(run_dir)
     weights = parse_modes(review_args.reviewer_modes)
     review = role_settings(reviewer_args, "reviewer")
@@ -126,7 +164,13 @@ def build_env(
     backends = BackendPool()
     rewrite = backends.client(rewrite_settings, rewrite_role, ledger)
     judge = backends.client(review, "reviewer", ledger) if set(weights) - {"embedding"} else None
-    embedder = load_embedder(review_args.reviewer_embedding_model) if "embedding" in weights else None
+    similarity_screens = (
+        env_args.screen_min_similarity,
+        env_args.screen_breadth_min_similarity,
+        env_args.screen_min_relevance,
+    )
+    needs_embedder = "embedding" in weights or any(t > 0 for t in similarity_screens)
+    embedder = load_embedder(review_args.reviewer_embedding_model) if needs_embedder else None
     reviewer = Reviewer(
         judge,
         weights,
@@ -135,12 +179,14 @@ def build_env(
         min_novelty=review_args.reviewer_min_novelty,
         sampling=sampling_from(review),
     )
-    overrides = {} if rewrite_max_new_tokens is None else {"max_new_tokens": rewrite_max_new_tokens}
+    screens = Screens(env_args, embedder)
     env = EvolutionEnv(
         {a.name: a for a in actions},
         rewrite,
         reviewer,
-        sampling_from(rewrite_settings, **overrides),
+        sampling_from(rewrite_settings, max_new_tokens=env_args.rewrite_max_new_tokens),
         run_seed=run_seed,
+        quality_weight=env_args.reward_quality_weight,
+        screens=screens,
     )
-    return BuiltEnv(env, actions, ledger, backends, rewrite, judge, rewrite_settings, review)
+    return BuiltEnv(env, actions, ledger, backends, rewrite, judge, rewrite_settings, review, screens)

@@ -18,7 +18,8 @@ def write_dataset(folder: str | Path, rows: Sequence[dict], rejected: Sequence[d
 
     with atomic_folder(folder) as tmp:
         table = datasets.Dataset.from_list(list(rows)) if rows else datasets.Dataset.from_dict({"id": []})
-        table.save_to_disk(str(tmp))
+        # one shard even when empty: datasets writes no shard for 0 rows and then cannot load the folder back
+        table.save_to_disk(str(tmp), num_shards=1)
         write_jsonl(tmp / ROWS_FILE, rows)
         write_jsonl(tmp / REJECTED_FILE, rejected)
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -16,6 +16,7 @@ from teams_rl.env.parsing import (
     parse_rewrite,
 )
 from teams_rl.env.reviewer import Review, Reviewer, ReviewItem
+from teams_rl.env.screens import ANSWERED, DRIFTED, SHRUNK, Screens
 from teams_rl.llm.base import GenerationRequest, SamplingParams
 from teams_rl.llm.ledger import RoleClient
 
@@ -26,7 +27,8 @@ EMPTY = "stopwords_only"  # nothing but punctuation and stop words
 TEMPLATE_WORDS = "template_words"  # copied words of the prompt such as "Rewritten Prompt"
 TRUNCATED = "truncated"  # the rewrite hit max_new_tokens: an unfinished instruction
 LLM_ERROR = "llm_error"  # the call failed after retries (recorded, not cached)
-REASONS = (NO_GAIN, REFUSAL, EMPTY, TEMPLATE_WORDS, TRUNCATED, LLM_ERROR)
+# The reader's screens (screens.py) add: ANSWERED (the rewriter answered), DRIFTED (left the seed's task), SHRUNK.
+REASONS = (NO_GAIN, REFUSAL, EMPTY, TEMPLATE_WORDS, TRUNCATED, LLM_ERROR, ANSWERED, DRIFTED, SHRUNK)
 
 
 def derive_seed(*parts: object) -> int:
@@ -68,13 +70,27 @@ class Transition:
     finish_reason: str = "stop"
     info: dict = field(default_factory=dict)
 
+    sample: int = 0  # which rewriter sample of (state, action) this is: it enters the request seed
+    quality_weight: float = 0.0  # weight of the reviewer's score in the reward (see ``reward``)
+
     @property
     def kept(self) -> bool:
         return self.eliminated is None
 
     @property
-    def reward(self) -> float:
+    def quality(self) -> float:
+        """The reviewer's weighted score of a kept rewrite, in [0, 1] (0 when eliminated)."""
         return self.review.reward if self.kept and self.review else 0.0
+
+    @property
+    def reward(self) -> float:
+        """What policy training pays and what synthesis records: ``kept * (1 + quality_weight * quality)``.
+
+        A kept rewrite is what a dataset builder buys per expert query, so it earns 1; the bounded quality term
+        (the reviewer's P(gain) and novelty, weighted by the recipe's ``reward_quality_weight``) ranks kept rewrites
+        among themselves and never outweighs keeping one. Eliminated: 0. Range: {0} and [1, 1 + quality_weight].
+        """
+        return (1.0 + self.quality_weight * self.quality) if self.kept else 0.0
 
 
 def screen(text: str, finish_reason: str = "stop") -> str | None:
@@ -105,6 +121,8 @@ class EvolutionEnv:
         reviewer: scores surviving rewrites; its information-gain verdict is the first elimination rule.
         sampling: decoding of rewrites.
         run_seed: mixed into every request's seed with the row id and step.
+        quality_weight: weight of the reviewer's score in each transition's reward.
+        screens: the reader's screens (answered, drifted, shrunk) applied after the text rules.
     """
 
     def __init__(
@@ -114,25 +132,40 @@ class EvolutionEnv:
         reviewer: Reviewer,
         sampling: SamplingParams,
         run_seed: int = 0,
+        quality_weight: float = 0.0,
+        screens: Screens | None = None,
     ):
         self.actions, self.rewriter, self.reviewer = actions, rewriter, reviewer
-        self.sampling, self.run_seed = sampling, run_seed
+        self.sampling, self.run_seed, self.quality_weight, self.screens = sampling, run_seed, quality_weight, screens
 
-    def step(self, states: Sequence[State], actions: Sequence[str]) -> list[Transition]:
+    def _seed(self, state: State, purpose: str, sample: int) -> int:
+        # sample 0 keeps the seed synthesis has always used; later samples draw the rewriter's other outcomes
+        parts = (self.run_seed, state.seed_id, state.step, purpose) + ((sample,) if sample else ())
+        return derive_seed(*parts)
+
+    def step(
+        self, states: Sequence[State], actions: Sequence[str], samples: Sequence[int] | None = None
+    ) -> list[Transition]:
+        """Apply ``actions[i]`` to ``states[i]``; ``samples[i]`` (default 0) picks which rewriter sample it is."""
+        samples = list(samples) if samples is not None else [0] * len(states)
         requests = [
             GenerationRequest(
-                self.actions[a].render(s.instruction, s.input),
-                self.sampling,
-                seed=derive_seed(self.run_seed, s.seed_id, s.step, "rewrite"),
+                self.actions[a].render(s.instruction, s.input), self.sampling, seed=self._seed(s, "rewrite", k)
             )
-            for s, a in zip(states, actions, strict=True)
+            for s, a, k in zip(states, actions, samples, strict=True)
         ]
         results = self.rewriter.generate(requests)
         transitions, survivors = [], []
-        for state, action, result in zip(states, actions, results, strict=True):
+        for state, action, result, k in zip(states, actions, results, samples, strict=True):
             instruction, new_input = parse_rewrite(result.text) if result.ok else ("", "")
             t = Transition(
-                state, action, replace(state, step=state.step + 1), result.text, finish_reason=result.finish_reason
+                state,
+                action,
+                replace(state, step=state.step + 1),
+                result.text,
+                finish_reason=result.finish_reason,
+                sample=k,
+                quality_weight=self.quality_weight,
             )
             t.eliminated = screen(instruction, result.finish_reason) if result.ok else LLM_ERROR
             # an action that does not produce an input keeps the parent's
@@ -153,12 +186,28 @@ class EvolutionEnv:
                 )
                 survivors.append(t)
             transitions.append(t)
+        if self.screens is not None and survivors:
+            reasons = self.screens.rewrites(
+                [
+                    (
+                        (t.state.lineage or (t.state.instruction,))[0],  # the seed's instruction
+                        format_rewrite(t.state.instruction, t.state.input),
+                        format_rewrite(t.next_state.instruction, t.next_state.input),
+                        t.action,
+                    )
+                    for t in survivors
+                ]
+            )
+            for t, reason in zip(survivors, reasons, strict=True):
+                if reason is not None:
+                    t.eliminated, t.next_state = reason, replace(t.state, step=t.state.step + 1)
+            survivors = [t for t in survivors if t.eliminated is None]
         items = [
             ReviewItem(
                 format_rewrite(t.state.instruction, t.state.input),
                 format_rewrite(t.next_state.instruction, t.next_state.input),
                 t.state.lineage,
-                seed=derive_seed(self.run_seed, t.state.seed_id, t.state.step, "review"),
+                seed=self._seed(t.state, "review", t.sample),
             )
             for t in survivors
         ]

@@ -31,6 +31,7 @@ class Seed:
     id: str
     instruction: str
     input: str = ""
+    category: str = ""  # the stratum of the held-out split; "" when the source has no category column
 
 
 # A raw row and where it came from: (row, 1-based line in the file or None, 1-based row number).
@@ -212,7 +213,9 @@ def _parse_row(item: Any, source: str, line: int | None, row: int, columns: _Col
         seed_id = str(raw_id).strip()  # Integer ids from JSON/Parquet are fine; they become strings.
     else:
         raise fail(f"id must be a string or an integer, got {type(raw_id).__name__}", id_column)
-    return Seed(id=seed_id, instruction=instruction, input=input_text)
+    category = item.get("category")
+    category = str(category).strip() if isinstance(category, (str, int)) and not isinstance(category, bool) else ""
+    return Seed(id=seed_id, instruction=instruction, input=input_text, category=category)
 
 
 def load_seeds(
@@ -269,6 +272,45 @@ def shard_seeds(seeds: list[Seed], index: int, count: int) -> list[Seed]:
     if count < 1 or not 0 <= index < count:
         raise TeamsRLError(f"shard {index}/{count} is out of range (need 0 <= i < N)", field="shard")
     return [s for s in seeds if int(hashlib.sha256(s.id.encode("utf-8")).hexdigest(), 16) % count == index]
+
+
+SPLITS = ("all", "train", "held_out")
+
+
+def split_seeds(seeds: list[Seed], part: str, *, folds: int, fold: int, seed: int) -> list[Seed]:
+    """Fold ``fold`` of ``folds`` stratified by category is ``held_out``; the other folds are ``train``.
+
+    Within each category the seeds are shuffled (by a hash of ``seed`` and the id, so file order does not matter)
+    and dealt round-robin to the folds, starting at a category-dependent fold so that small categories do not all
+    land in fold 0. Every category with at least ``folds`` seeds is on both sides. Order is kept within a part.
+    """
+    if part not in SPLITS:
+        raise TeamsRLError(f"split must be one of {', '.join(SPLITS)}, got '{part}'", field="split")
+    if part == "all":
+        return list(seeds)
+    if folds < 2 or not 0 <= fold < folds:
+        raise TeamsRLError(
+            f"need split_folds >= 2 and 0 <= split_fold < split_folds, got {fold}/{folds}", field="split_fold"
+        )
+
+    def rank(text: str) -> str:
+        return hashlib.sha256(f"{seed}/{text}".encode()).hexdigest()
+
+    by_category: dict[str, list[Seed]] = {}
+    for s in seeds:
+        by_category.setdefault(s.category, []).append(s)
+    held: set[str] = set()
+    for category, members in by_category.items():
+        offset = int(rank(f"category/{category}"), 16) % folds
+        for i, s in enumerate(sorted(members, key=lambda m: rank(m.id))):
+            if (i + offset) % folds == fold:
+                held.add(s.id)
+    chosen = [s for s in seeds if (s.id in held) == (part == "held_out")]
+    if not chosen:
+        raise TeamsRLError(
+            f"the {part} split of fold {fold}/{folds} holds no seed ({len(seeds)} seeds)", field="split"
+        )
+    return chosen
 
 
 _SHARD_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")

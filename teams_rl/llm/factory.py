@@ -65,12 +65,9 @@ class BackendPool:
 
 
 def sampling_from(settings: dict, **override) -> SamplingParams:
-    values = {
-        "temperature": settings["temperature"],
-        "top_p": settings["top_p"],
-        "max_new_tokens": settings["max_new_tokens"],
-        **override,
-    }
+    values = {"temperature": settings["temperature"], "top_p": settings["top_p"], **override}
+    if "max_new_tokens" not in values:  # a role may leave its length to a shared key (rewrite_max_new_tokens)
+        values["max_new_tokens"] = settings["max_new_tokens"]
     return SamplingParams(**values)
 
 

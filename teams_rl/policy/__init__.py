@@ -20,11 +20,17 @@ class Policy(Protocol):
 
 
 def load_policy(
-    ref: str, actions: Sequence[Action], run_seed: int = 0, *, sample: bool = False, temperature: float = 1.0
+    ref: str,
+    actions: Sequence[Action],
+    run_seed: int = 0,
+    *,
+    sample: bool = False,
+    temperature: float | None = None,
 ) -> Policy:
     """``random`` (the Evol-Instruct baseline) or a policy folder written by ``teams-rl train-policy``.
 
-    ``sample`` draws trained policies' actions (seeded per state) instead of taking the most likely one.
+    ``sample`` draws trained policies' actions (seeded per state) instead of taking the most likely one, at
+    ``temperature`` (None: the temperature the policy was trained at).
     """
     if ref == "random":
         from teams_rl.policy.random import RandomPolicy

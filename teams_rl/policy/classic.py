@@ -20,7 +20,7 @@ from teams_rl.core.errors import BudgetExhausted, TeamsRLError
 from teams_rl.core.files import atomic_folder
 from teams_rl.env.environment import State, derive_seed
 from teams_rl.llm.embeddings import load_embedder
-from teams_rl.policy.instructor import read_policy_meta, write_policy_meta
+from teams_rl.policy.instructor import probe_summary, read_policy_meta, spread_states, write_policy_meta
 
 logger = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
@@ -102,7 +102,7 @@ def mlp(sizes: Sequence[int], out_scale: float = 1.0) -> nn.Sequential:
     for a, b in zip(sizes[:-1], sizes[1:], strict=True):
         layers += [nn.Linear(a, b), nn.Tanh()]
     last = layers[-2]
-    with torch.no_grad():  # a small last layer starts the policy near uniform
+    with torch.no_grad():  # out_scale 0: a zero last layer, so the policy starts exactly uniform
         last.weight.mul_(out_scale)
         last.bias.zero_()
     return nn.Sequential(*layers[:-1])
@@ -185,15 +185,14 @@ def train(setup, config: ClassicConfig) -> Path:
     features = Features(names, setup.policy_args.depth, config.state_features, embedder)
     with torch.random.fork_rng():  # seeded init without touching the global RNG
         torch.manual_seed(config.seed)
-        policy = mlp([features.size, *config.hidden_sizes, len(names)], out_scale=0.1)
+        policy = mlp([features.size, *config.hidden_sizes, len(names)], out_scale=0.0)
         value = mlp([features.size, *config.hidden_sizes, 1])
     value_opt = torch.optim.Adam(value.parameters(), lr=config.value_lr)
-    probe = setup.pool.seeds[:8]  # P(action) on a few seed states, before and after, like the LLM trainers
+    probe = spread_states(setup.pool.seeds, 8)  # P(action) on seed states over the pool, like the LLM trainers
 
     def probe_actions() -> dict[str, float]:
         with torch.no_grad():
-            mean = torch.softmax(policy(features(probe)), -1).mean(0).tolist()
-        return {n: round(p, 4) for n, p in zip(names, mean, strict=True)}
+            return probe_summary(names, torch.softmax(policy(features(probe)), -1))
 
     before = probe_actions()
     gen = torch.Generator().manual_seed(derive_seed(config.seed, "classic", "actions"))

@@ -2,7 +2,7 @@
 shared ``PolicyReward`` (rewrite, review) scores them; the LoRA adapter (or full model) is saved as a policy folder.
 
 Two things are ours, the rest is TRL (trl 1.12):
-- the action mask: ``add_action_mask`` hooks the output layer, and trl 1.12's GRPO computes both the sampling
+- the action head: ``add_action_head`` hooks the output layer, and trl 1.12's GRPO computes both the sampling
   logits and the training log-probs through ``model(...).logits``, so the answer is a menu digit in both and the
   ratio/KL are taken over the menu alone (one completion token: ``max_completion_length`` must be 1);
 - fresh states: the dataset holds episode *slots*; each slot's prompt is rendered from ``setup.pool`` at
@@ -16,11 +16,20 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config, get_quantization_config
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_quantization_config
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import atomic_folder
-from teams_rl.policy.instructor import InstructorFormat, add_action_mask, probe_actions, write_policy_meta
+from teams_rl.policy.instructor import (
+    InstructorFormat,
+    add_action_head,
+    head_meta,
+    instructor_peft_config,
+    probe_actions,
+    save_action_head,
+    spread_states,
+    write_policy_meta,
+)
 from teams_rl.policy.plots import plot_training
 from teams_rl.policy.progress import train_within_budget
 
@@ -158,8 +167,9 @@ def train(setup, config: GRPOPolicyConfig, model_config: ModelConfig) -> Path:
     _check(config, setup)
     model, tokenizer = _load_model(model_config, config.trust_remote_code)
     fmt = InstructorFormat(setup.actions, tokenizer)
-    add_action_mask(model, fmt.answer_token_ids)
-    probe = setup.pool.seeds[: config.probe_states]
+    add_action_head(model, fmt.answer_token_ids)
+    peft_config = instructor_peft_config(model_config, model)
+    probe = spread_states(setup.pool.seeds, config.probe_states)
     before = probe_actions(model.eval(), fmt, probe)
     logger.info("GRPO: P(action) on %d seed states before training: %s", len(probe), before)
     reward_fn, reward = instructor_reward(setup, fmt)
@@ -172,19 +182,20 @@ def train(setup, config: GRPOPolicyConfig, model_config: ModelConfig) -> Path:
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_config),
+        peft_config=peft_config,
         setup=setup,
         fmt=fmt,
     )
-    if trainer.ref_model is not None:  # full fine-tuning with beta > 0: TRL loaded a fresh reference copy
-        add_action_mask(getattr(trainer.ref_model, "module", trainer.ref_model), fmt.answer_token_ids)
+    if trainer.ref_model is not None:  # full fine-tuning with beta > 0: TRL loaded a fresh copy; a zero head on it
+        add_action_head(getattr(trainer.ref_model, "module", trainer.ref_model), fmt.answer_token_ids)
     stopped = train_within_budget(trainer, reward.history, "GRPO", kl_key="kl")
     trainer.save_state()  # trainer_state.json: the full log history, beside the TensorBoard logs
 
     after = probe_actions(trainer.model.eval(), fmt, probe)
     logger.info("GRPO: P(action) on %d seed states after training: %s", len(probe), after)
     with atomic_folder(setup.policy_dir) as tmp:
-        trainer.model.save_pretrained(tmp)  # a LoRA adapter, or the full model
+        trainer.model.save_pretrained(tmp)  # a LoRA adapter (with the action head), or the full model
+        save_action_head(trainer.model, tmp)
         tokenizer.save_pretrained(tmp)
         write_policy_meta(
             tmp,
@@ -192,6 +203,7 @@ def train(setup, config: GRPOPolicyConfig, model_config: ModelConfig) -> Path:
             fmt.names,
             algorithm="grpo",
             base_model=model_config.model_name_or_path,
+            **head_meta(fmt, config.temperature),
             steps=trainer.state.global_step,
             stopped=stopped,
             probe_before=before,

@@ -22,8 +22,8 @@ def load_instructor_prompt(path: str | None = None) -> PromptSpec:
     return load_prompt(
         path or "instructor",
         folder=PROMPTS_DIR,
-        placeholders=("instruction", "input", "depth", "menu"),
-        required=("instruction", "menu"),
+        placeholders=("instruction", "input", "depth", "history", "menu"),
+        required=("instruction",),
     )
 
 
@@ -50,7 +50,13 @@ class InstructorFormat:
 
     def messages(self, state: State) -> tuple[dict, ...]:
         extra = f"Input: {state.input}" if state.input else ""
-        return self.prompt.render(instruction=state.instruction, input=extra, depth=str(state.depth), menu=self.menu)
+        return self.prompt.render(
+            instruction=state.instruction,
+            input=extra,
+            depth=str(state.depth),
+            history=history(state),
+            menu=self.menu,
+        )
 
     def prompt_text(self, state: State) -> str:
         return self.tokenizer.apply_chat_template(
@@ -72,36 +78,105 @@ class InstructorFormat:
             return None
 
 
-def add_action_mask(model, token_ids: Sequence[int]):
-    """Make ``model`` able to say only ``token_ids``: a forward hook on its output layer adds ``MASK_VALUE`` to
-    every other logit. Returns the hook handle (``.remove()`` undoes it). Works under peft wrappers."""
+def history(state: State) -> str:
+    """The rewrites already applied, as the instructor reads them: "none (the seed)" or "deepen, then concretize"."""
+    return ", then ".join(a.replace("_", " ") for a in state.actions) if state.actions else "none (the seed)"
+
+
+ACTION_HEAD = "action_head"  # the attribute holding the head; peft's modules_to_save names it
+
+
+def add_action_head(model, token_ids: Sequence[int]):
+    """Give ``model`` an action head: the logits of ``token_ids`` become ``model.action_head(hidden)``, a linear
+    layer on the last hidden state whose weights and bias start at zero, and every other token gets ``MASK_VALUE``.
+
+    So the untrained instructor is exactly uniform over the actions in every state (and so is its KL reference:
+    with the head in peft's ``modules_to_save``, switching the adapter off restores the zero head), yet it reads
+    the instruction through the hidden state, and no tied weight (SmolLM2's ``lm_head`` is its input embedding)
+    is trained. The head is looked up on ``model`` at every call, so peft's wrapper and ``deepcopy`` (a reference
+    model) each use their own. Returns the hook handle.
+    """
     import torch
+    from torch import nn
 
     head = model.get_output_embeddings()
     vocab = head.weight.shape[0] if hasattr(head, "weight") else model.config.vocab_size
-    bias = torch.full((vocab,), MASK_VALUE)
-    bias[list(token_ids)] = 0.0
+    ids = torch.tensor(list(token_ids))
+    action_head = nn.Linear(head.in_features, len(ids), bias=True, dtype=head.weight.dtype, device=head.weight.device)
+    nn.init.zeros_(action_head.weight)
+    nn.init.zeros_(action_head.bias)
+    setattr(model, ACTION_HEAD, action_head)
+    object.__setattr__(head, "_teams_owner", model)  # not a submodule: only a way back to the model
 
-    def hook(_module, _inputs, logits):
-        return logits + bias.to(device=logits.device, dtype=logits.dtype)
+    def hook(module, inputs, logits):
+        answer = getattr(module._teams_owner, ACTION_HEAD)(inputs[0].to(action_head.weight.dtype))
+        out = torch.full((*logits.shape[:-1], vocab), MASK_VALUE, dtype=logits.dtype, device=logits.device)
+        out[..., ids.to(logits.device)] = answer.to(logits.dtype)
+        return out
 
     return head.register_forward_hook(hook)
 
 
-def probe_actions(model, fmt: InstructorFormat, states: Sequence[State]) -> dict[str, float]:
-    """Mean P(action) over ``states`` from the next-token distribution over the menu digits (temperature 1):
-    logged before and after training, so a run shows what it changed."""
+def instructor_peft_config(model_config, model):
+    """TRL's peft config for the instructor, with the action head trained and saved in full (``modules_to_save``)
+    and no LoRA on a tied output layer (merging would write the delta into the input embeddings as well)."""
+    from trl import get_peft_config
+
+    config = get_peft_config(model_config)
+    if config is None:
+        return None
+    targets = config.target_modules
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    if tied and targets is not None and not isinstance(targets, str) and "lm_head" in targets:
+        raise TeamsRLError(
+            "lm_head is tied to the input embeddings in this model: leave it out of lora_target_modules (the "
+            "action head is what learns the answer)",
+            field="lora_target_modules",
+        )
+    config.modules_to_save = [*(config.modules_to_save or []), ACTION_HEAD]
+    config.exclude_modules = [ACTION_HEAD]  # trained in full, never LoRA'd (all-linear would pick it up)
+    return config
+
+
+def head_meta(fmt: InstructorFormat, temperature: float) -> dict:
+    """What ``InstructorPolicy`` needs to rebuild the head and sample as in training."""
+    return {ACTION_HEAD: True, "answer_token_ids": list(fmt.answer_token_ids), "temperature": float(temperature)}
+
+
+def spread_states(states: Sequence[State], n: int) -> list[State]:
+    """``n`` states spread evenly over ``states`` (so a probe covers every category, not the first one)."""
+    if n <= 0 or not states:
+        return []
+    step = max(1, len(states) // n)
+    return list(states[::step][:n])
+
+
+def state_probs(model, fmt: InstructorFormat, states: Sequence[State], batch_size: int = 16):
+    """``(len(states), n_actions)`` P(action | state) at temperature 1, from the answer-token logits."""
     import torch
 
-    if not states:
-        return {}
-    batch = fmt.tokenizer(
-        [fmt.prompt_text(s) for s in states], return_tensors="pt", padding=True, add_special_tokens=False
-    ).to(model.device)
-    with torch.inference_mode():
-        logits = model(**batch).logits[:, -1, fmt.answer_token_ids].float()
-    mean = torch.softmax(logits, dim=-1).mean(dim=0).cpu().tolist()
-    return {name: round(p, 4) for name, p in zip(fmt.names, mean, strict=True)}
+    out = []
+    for start in range(0, len(states), batch_size):
+        texts = [fmt.prompt_text(s) for s in states[start : start + batch_size]]
+        batch = fmt.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        with torch.inference_mode():
+            logits = model(**batch).logits[:, -1, fmt.answer_token_ids].float()
+        out.append(torch.softmax(logits, dim=-1).cpu())
+    return torch.cat(out) if out else torch.empty(0, len(fmt.names))
+
+
+def probe_actions(model, fmt: InstructorFormat, states: Sequence[State]) -> dict[str, float]:
+    """Mean P(action) over ``states`` (temperature 1), and ``spread``: the mean KL of each state's distribution to
+    that mean (0 when the policy ignores the instruction). Logged before and after training."""
+    return probe_summary(fmt.names, state_probs(model, fmt, states)) if states else {}
+
+
+def probe_summary(names: Sequence[str], probs) -> dict[str, float]:
+    """Mean P(action) over the rows of ``probs`` (states x actions), and ``spread``: the mean KL(p_s || mean)."""
+    mean = probs.mean(dim=0)
+    spread = (probs * (probs.clamp_min(1e-12).log() - mean.clamp_min(1e-12).log())).sum(dim=-1).mean()
+    out = {name: round(float(p), 4) for name, p in zip(names, mean, strict=True)}
+    return {**out, "spread": round(float(spread), 4)}
 
 
 def write_policy_meta(folder: Path, kind: str, actions: Sequence[str], **extra) -> None:
@@ -133,7 +208,7 @@ class InstructorPolicy:
         actions: Sequence[Action],
         *,
         sample: bool = False,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         run_seed: int = 0,
         batch_size: int = 16,
         device: str | None = None,
@@ -147,6 +222,8 @@ class InstructorPolicy:
         by_name = {a.name: a for a in actions}
         self.folder, self.meta = Path(folder), meta
         self.name = f"{meta.get('algorithm', 'instructor')}:{self.folder.name}"
+        if temperature is None:  # sample as it was trained
+            temperature = float(meta.get("temperature", 1.0))
         self.sample, self.temperature, self.run_seed, self.batch_size = sample, temperature, run_seed, batch_size
         self.model, tokenizer = _load_model(self.folder, meta, device)
         self.format = InstructorFormat([by_name[n] for n in meta["actions"]], tokenizer)
@@ -179,16 +256,62 @@ class InstructorPolicy:
         return picks
 
 
+HEAD_FILE = "action_head.safetensors"
+
+
+def save_action_head(model, folder: Path) -> None:
+    """Write the trained action head (peft's active copy when wrapped) beside the policy's weights."""
+    from safetensors.torch import save_file
+
+    head = getattr(model, ACTION_HEAD, None) or getattr(model.get_base_model(), ACTION_HEAD)
+    if hasattr(head, "modules_to_save"):  # peft's ModulesToSaveWrapper: the trained copy
+        head = head.modules_to_save[head.active_adapter if isinstance(head.active_adapter, str) else "default"]
+    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(folder / HEAD_FILE))
+
+
+def write_untrained_policy(folder: str | Path, base_model: str, actions: Sequence[Action]) -> Path:
+    """A policy folder for the instructor as training starts (zero action head: uniform), for benches."""
+    from teams_rl.llm.loader import load_tokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(base_model, padding_side="left", pad_from_eos=False, field="policy")
+    fmt = InstructorFormat(actions, tokenizer)
+    tokenizer.save_pretrained(folder)
+    write_policy_meta(
+        folder,
+        "instructor",
+        fmt.names,
+        algorithm="untrained",
+        base_model=base_model,
+        untrained=True,
+        **head_meta(fmt, 1.0),
+    )
+    return folder
+
+
 def _load_model(folder: Path, meta: dict, device: str | None):
     from teams_rl.llm.loader import default_device, load_causal_lm, load_tokenizer
 
     device = device or default_device()
     tokenizer = load_tokenizer(str(folder), padding_side="left", pad_from_eos=False, field="policy")
-    if (folder / "adapter_config.json").is_file():
+    has_head = bool(meta.get(ACTION_HEAD))
+    if meta.get("untrained"):  # the instructor before training: the base model and a zero action head
+        model = load_causal_lm(meta["base_model"], dtype="float32", field="policy")
+        add_action_head(model, meta["answer_token_ids"])
+    elif (folder / "adapter_config.json").is_file():
         from peft import PeftModel
 
         base = load_causal_lm(meta["base_model"], dtype="float32", field="policy")
+        if has_head:  # peft restores the trained head into it (modules_to_save)
+            add_action_head(base, meta["answer_token_ids"])
         model = PeftModel.from_pretrained(base, folder).merge_and_unload()
     else:
         model = load_causal_lm(str(folder), dtype="float32", field="policy")
+        if has_head:
+            add_action_head(model, meta["answer_token_ids"])
+    if has_head and not meta.get("untrained"):
+        from safetensors.torch import load_file
+
+        getattr(model, ACTION_HEAD).load_state_dict(load_file(str(folder / HEAD_FILE)))
     return model.to(device).eval(), tokenizer

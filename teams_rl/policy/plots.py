@@ -54,3 +54,21 @@ def plot_training(history: Sequence[dict], out_dir: str | Path, title: str = "")
         ax.legend(loc="upper left", fontsize=7, ncol=2)
         written.append(save(fig, out_dir / "action_mix.png"))
     return written
+
+
+def plot_headroom(summary: dict, path: str | Path) -> Path:
+    """Keep rate per action (bars) against uniform random, the best single action and the per-state oracle."""
+    plt = pyplot()
+    per_action = summary["per_action"]
+    names = list(per_action)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(range(len(names)), [per_action[n]["keep_rate"] for n in names], color="tab:blue")
+    ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=20, ha="right")
+    rates = summary["keep_rates"]
+    for key, style in (("uniform", "k--"), ("best_single", "g:"), ("oracle", "r-.")):
+        ax.axhline(rates[key], linestyle=style[1:], color=style[0], label=f"{key.replace('_', ' ')} {rates[key]:.2f}")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("keep rate")
+    ax.set_title(f"Headroom: {summary['states']} states, {summary['samples_per_cell']} samples per action")
+    ax.legend(loc="upper right", fontsize=8)
+    return save(fig, path)

@@ -15,12 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from trl import ModelConfig, get_peft_config
+from trl import ModelConfig
 from trl.experimental.ppo import PPOConfig
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import atomic_folder
-from teams_rl.policy.instructor import InstructorFormat, add_action_mask, probe_actions, write_policy_meta
+from teams_rl.policy.instructor import (
+    InstructorFormat,
+    add_action_head,
+    head_meta,
+    instructor_peft_config,
+    probe_actions,
+    save_action_head,
+    spread_states,
+    write_policy_meta,
+)
 from teams_rl.policy.plots import plot_training
 from teams_rl.policy.ppo_reward import CallableReward, CallableRewardPPOTrainer
 from teams_rl.policy.progress import train_within_budget
@@ -42,6 +51,14 @@ class PPOPolicyConfig(PPOConfig):
     probe_states: int = field(
         default=8,
         metadata={"help": "Seed states whose action probabilities are logged before and after training (0: skip)."},
+    )
+    value_init: float = field(
+        default=0.5,
+        metadata={
+            "help": "Where the value head starts: zero weights and this bias, i.e. the expected reward of the "
+            "uniform policy (the headroom table prints it), so the first advantages are reward minus a sensible "
+            "baseline instead of reward minus a random head's noise."
+        },
     )
 
     def __post_init__(self):
@@ -132,6 +149,12 @@ def _load_models(config: PPOPolicyConfig, model_config: ModelConfig):
             model.resize_token_embeddings(len(tokenizer))
         model.config.pad_token_id = tokenizer.pad_token_id
     policy.generation_config.pad_token_id = tokenizer.pad_token_id
+    with torch.no_grad():  # a constant baseline at the uniform policy's expected reward, not a random head
+        value.score.weight.zero_()
+        if value.score.bias is not None:
+            value.score.bias.fill_(config.value_init)
+        else:
+            value.score.bias = torch.nn.Parameter(torch.full((1,), config.value_init))
     if config.value_lora:
         from peft import LoraConfig, inject_adapter_in_model
 
@@ -160,8 +183,15 @@ def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
         )
     tokenizer, policy, value = _load_models(config, model_config)
     fmt = InstructorFormat(setup.actions, tokenizer)
-    mask = add_action_mask(policy, fmt.answer_token_ids)
-    probe = setup.pool.seeds[: config.probe_states]
+    hook = add_action_head(policy, fmt.answer_token_ids)
+    peft_config = instructor_peft_config(model_config, policy)
+    if peft_config is None:
+        raise TeamsRLError(
+            "the PPO instructor trains a LoRA adapter (use_peft: true): its KL reference is the adapter switched "
+            "off, which is the uniform policy",
+            field="use_peft",
+        )
+    probe = spread_states(setup.pool.seeds, config.probe_states)
     before = probe_actions(policy.eval(), fmt, probe)
     logger.info("PPO: P(action) on %d seed states before training: %s", len(probe), before)
 
@@ -181,7 +211,7 @@ def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
         reward_model=CallableReward(lambda prompts, completions: reward(queries.take(prompts), completions)),
         train_dataset=queries,
         value_model=value,
-        peft_config=get_peft_config(model_config),
+        peft_config=peft_config,
         extra_logs=extra_logs,
     )
     stopped = train_within_budget(trainer, reward.history, "PPO", kl_key="objective/kl")
@@ -189,13 +219,11 @@ def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
     model = trainer.accelerator.unwrap_model(trainer.model).policy.eval()
     after = probe_actions(model, fmt, probe)
     logger.info("PPO: P(action) on %d seed states after training: %s", len(probe), after)
-    mask.remove()
+    hook.remove()
     if trainer.accelerator.is_main_process:
         with atomic_folder(setup.policy_dir) as tmp:
-            if hasattr(model, "peft_config"):  # a LoRA adapter; lm_head's base weights are unchanged, not saved
-                model.save_pretrained(tmp, save_embedding_layers=False)
-            else:
-                model.save_pretrained(tmp)
+            model.save_pretrained(tmp, save_embedding_layers=False)  # the LoRA adapter and the action head
+            save_action_head(model, tmp)
             tokenizer.save_pretrained(tmp)
             write_policy_meta(
                 tmp,
@@ -203,6 +231,7 @@ def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
                 fmt.names,
                 algorithm="ppo",
                 base_model=model_config.model_name_or_path,
+                **head_meta(fmt, config.temperature),
                 steps=trainer.state.global_step,
                 episodes=trainer.state.episode,
                 probe_before=before,

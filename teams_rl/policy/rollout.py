@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from teams_rl.env.environment import EvolutionEnv, State, Transition
+from teams_rl.env.environment import EvolutionEnv, State, Transition, derive_seed
 
 UNPARSEABLE = "unparseable"
 
@@ -71,11 +71,16 @@ class PolicyReward:
     """Reward of the instructor's answers: parse each into an action, apply it through the env, score it.
 
     An answer that names no action earns ``parse_penalty`` and is counted. When several answers share a slot
-    (GRPO's group), the slot continues with the best kept rewrite among them.
+    (GRPO's group), the slot continues with the best kept rewrite among them. Each (state, action) is rewritten as
+    one of ``samples`` rewriter samples, drawn per call (seeded): training sees the rewriter's variance on a state,
+    and the samples the headroom table (``teams-rl explore``) already holds are answered by the ledger.
     """
 
-    def __init__(self, env: EvolutionEnv, parse, pool: EpisodePool, parse_penalty: float = -0.5):
+    def __init__(
+        self, env: EvolutionEnv, parse, pool: EpisodePool, parse_penalty: float = -0.5, samples: int = 1, seed: int = 0
+    ):
         self.env, self.parse, self.pool, self.parse_penalty = env, parse, pool, parse_penalty
+        self.samples, self.seed, self.calls = max(1, samples), seed, 0
         self.stats = StepStats()
         self.history: list[dict] = []  # one log_dict per call, for plots
 
@@ -84,7 +89,9 @@ class PolicyReward:
         states = [self.pool.state(s) for s in slots]
         actions = [self.parse(a) if a is not None else None for a in answers]
         valid = [i for i, a in enumerate(actions) if a is not None]
-        transitions = self.env.step([states[i] for i in valid], [actions[i] for i in valid]) if valid else []
+        self.calls += 1
+        draws = [derive_seed(self.seed, "sample", self.calls, i) % self.samples for i in valid]
+        transitions = self.env.step([states[i] for i in valid], [actions[i] for i in valid], draws) if valid else []
         rewards = [self.parse_penalty] * len(slots)
         best: dict[int, Transition | None] = dict.fromkeys(slots)
         stats = StepStats()

@@ -20,6 +20,7 @@ from teams_rl.core.layout import POLICY_DIR, recipe_path
 from teams_rl.core.recipes import located, parse_args, role_arguments, role_settings, to_yaml
 from teams_rl.env.actions import Action
 from teams_rl.env.build import (
+    EnvArguments,
     ReviewArguments,
     ReviewerArguments,
     SeedArguments,
@@ -36,8 +37,9 @@ logger = logging.getLogger(__name__)
 ALGORITHMS = {"ppo": "teams_rl.policy.ppo", "grpo": "teams_rl.policy.grpo", "classic": "teams_rl.policy.classic"}
 SAME_AS_INSTRUCTOR = "instructor"
 
+# The rewrite length is the shared rewrite_max_new_tokens (EnvArguments), the same key synthesis reads.
 RewriterArguments = role_arguments(
-    "rewriter", model=SAME_AS_INSTRUCTOR, temperature=0.7, top_p=0.95, max_new_tokens=96
+    "rewriter", omit=("max_new_tokens",), model=SAME_AS_INSTRUCTOR, temperature=0.7, top_p=0.95
 )
 
 
@@ -51,6 +53,13 @@ class PolicyArguments:
     parse_penalty: float = field(default=-0.5, metadata={"help": "Reward of an answer that names no action."})
     episode_slots: int | None = field(default=None, metadata={"help": "Episodes run side by side (default: seeds)."})
     held_out_seeds: int = field(default=0, metadata={"help": "Last N seeds kept out of training (for benches)."})
+    rewrite_samples: int = field(
+        default=4,
+        metadata={
+            "help": "Rewriter samples per (state, action): each step draws one of them (its index enters the "
+            "request seed). Use explore's `samples` so its table answers training's depth-0 steps for free."
+        },
+    )
 
 
 @dataclass
@@ -67,7 +76,15 @@ class TrainingSetup:
     instructor_model: str | None
 
     def reward(self, parse) -> PolicyReward:
-        return PolicyReward(self.env, parse, self.pool, parse_penalty=self.policy_args.parse_penalty)
+        args = self.policy_args
+        return PolicyReward(
+            self.env,
+            parse,
+            self.pool,
+            parse_penalty=args.parse_penalty,
+            samples=args.rewrite_samples,
+            seed=self.env.run_seed,
+        )
 
     def calls(self) -> dict[str, int]:
         """New (paid) calls per role so far, for the logs."""
@@ -90,6 +107,7 @@ def build_setup(
     rewriter_args,
     reviewer_args,
     review_args: ReviewArguments,
+    env_args: EnvArguments,
 ) -> TrainingSetup:
     actions = select_actions(policy_args.actions)
     seeds = select_seeds(seed_args)
@@ -117,6 +135,7 @@ def build_setup(
         rewrite_settings=rewriter,
         reviewer_args=reviewer_args,
         review_args=review_args,
+        env_args=env_args,
     )
     clients = {"rewrite": built.rewrite, **({"review": built.judge} if built.judge else {})}
     return TrainingSetup(Path(run_dir), actions, pool, built.env, clients, built.ledger, policy_args, instructor_model)
@@ -141,15 +160,21 @@ def _algorithm(argv: list[str]) -> str:
     return name
 
 
+def algorithm_module(argv: list[str]):
+    """The trainer module (ppo, grpo, classic) the command line or its recipe names."""
+    return importlib.import_module(ALGORITHMS[_algorithm(argv)])
+
+
 def argument_classes(argv: list[str]) -> tuple[type, ...]:
     """The dataclasses a train-policy command line parses into (the shared ones, then the trainer's own)."""
-    module = importlib.import_module(ALGORITHMS[_algorithm(argv)])
+    module = algorithm_module(argv)
     return (
         SeedArguments,
         PolicyArguments,
         RewriterArguments,
         ReviewerArguments,
         ReviewArguments,
+        EnvArguments,
         *module.CONFIG_CLASSES,
     )
 
@@ -157,13 +182,13 @@ def argument_classes(argv: list[str]) -> tuple[type, ...]:
 def main(argv: list[str] | None = None) -> Path:
     """Train a policy; returns the saved policy folder."""
     argv = list(argv or [])
-    module = importlib.import_module(ALGORITHMS[_algorithm(argv)])
+    module = algorithm_module(argv)
     parsed, recipe = parse_args(argument_classes(argv), argv, "teams-rl train-policy")
-    seed_args, policy_args, rewriter_args, reviewer_args, review_args, *configs = parsed
+    seed_args, policy_args, rewriter_args, reviewer_args, review_args, env_args, *configs = parsed
     with located(recipe):
         run_dir, seed, instructor = module.run_settings(*configs)
         setup = build_setup(
-            run_dir, seed, instructor, seed_args, policy_args, rewriter_args, reviewer_args, review_args
+            run_dir, seed, instructor, seed_args, policy_args, rewriter_args, reviewer_args, review_args, env_args
         )
         try:
             folder = module.train(setup, *configs)
@@ -171,7 +196,7 @@ def main(argv: list[str] | None = None) -> Path:
             setup.ledger.close()
         atomic_write_text(
             recipe_path(setup.run_dir, "train-policy"),
-            to_yaml(seed_args, policy_args, rewriter_args, reviewer_args, review_args, *configs),
+            to_yaml(seed_args, policy_args, rewriter_args, reviewer_args, review_args, env_args, *configs),
         )
         return folder
 

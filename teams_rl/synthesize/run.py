@@ -17,6 +17,7 @@ from teams_rl.core.layout import DATASET_DIR, SHARDS_DIR, recipe_path
 from teams_rl.core.recipes import located, parse_args, role_arguments, role_settings, to_yaml
 from teams_rl.core.refs import upstream_id
 from teams_rl.env.build import (
+    EnvArguments,
     ReviewArguments,
     ReviewerArguments,
     SeedArguments,
@@ -27,7 +28,8 @@ from teams_rl.env.build import (
 from teams_rl.env.chat import to_messages
 from teams_rl.env.dataset import write_dataset
 from teams_rl.env.environment import EMPTY, LLM_ERROR, REFUSAL, TRUNCATED, EvolutionEnv, State, Transition, derive_seed
-from teams_rl.env.parsing import is_only_punct_or_stopwords, is_refusal
+from teams_rl.env.parsing import format_rewrite, is_only_punct_or_stopwords, is_refusal
+from teams_rl.env.screens import Screens
 from teams_rl.env.seeds import parse_shard, shard_seeds
 from teams_rl.llm.base import GenerationRequest
 from teams_rl.llm.factory import sampling_from
@@ -49,16 +51,18 @@ class SynthesisArguments:
         default=False,
         metadata={"help": "Trained policy: sample actions (seeded per row) instead of taking the most likely one."},
     )
-    policy_temperature: float = field(default=1.0, metadata={"help": "Trained policy: sampling temperature."})
+    policy_temperature: float | None = field(
+        default=None,
+        metadata={"help": "Trained policy: sampling temperature (default: the temperature it was trained at)."},
+    )
     actions: str | None = field(default=None, metadata={"help": "Comma-separated subset of actions (default: all)."})
     depth: int = field(default=3, metadata={"help": "Evolution steps per seed; every kept step becomes a row."})
-    rewrite_max_new_tokens: int = field(default=160, metadata={"help": "Longest rewrite the expert may write."})
     chunk_size: int = field(default=16, metadata={"help": "Seeds evolved together (batching and budget unit)."})
     shard: str | None = field(default=None, metadata={"help": "'i/N': process only shard i of N (see merge)."})
     drop_truncated_responses: bool = field(default=False, metadata={"help": "Eliminate answers cut by max tokens."})
 
 
-ARGUMENTS = (SeedArguments, SynthesisArguments, ExpertArguments, ReviewerArguments, ReviewArguments)
+ARGUMENTS = (SeedArguments, SynthesisArguments, ExpertArguments, ReviewerArguments, ReviewArguments, EnvArguments)
 
 
 class _Accounting:
@@ -92,6 +96,7 @@ def synthesize(
     expert_args,
     reviewer_args,
     review_args: ReviewArguments,
+    env_args: EnvArguments,
     recipe: str | None = None,
 ) -> dict:
     """Run synthesis and write ``<output_dir>/dataset`` (or ``shards/i-of-N/dataset``). Returns the summary."""
@@ -115,7 +120,7 @@ def synthesize(
         rewrite_settings=expert,
         reviewer_args=reviewer_args,
         review_args=review_args,
-        rewrite_max_new_tokens=args.rewrite_max_new_tokens,
+        env_args=env_args,
     )
     env, ledger, rewrites, judge = built.env, built.ledger, built.rewrite, built.judge
     answers = built.backends.client(expert, "expert", ledger)
@@ -137,7 +142,7 @@ def synthesize(
         for start in range(0, len(seeds), args.chunk_size):
             chunk = seeds[start : start + args.chunk_size]
             kept, dropped = _evolve(env, policy, [State.from_seed(s) for s in chunk], args.depth)
-            chunk_rows, chunk_rejected = _answer(answers, kept, expert, args, lineage)
+            chunk_rows, chunk_rejected = _answer(answers, kept, expert, args, lineage, built.screens)
             rows += chunk_rows
             rejected += [_rejected_row(t) for t in dropped] + chunk_rejected
             steps += len(kept) + len(dropped)
@@ -173,7 +178,8 @@ def synthesize(
     # The resolved recipe sits next to what it produced; written last so a failed run never replaces it.
     suffix = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
     atomic_write_text(
-        recipe_path(run_dir, "synthesize", suffix), to_yaml(seed_args, args, expert_args, reviewer_args, review_args)
+        recipe_path(run_dir, "synthesize", suffix),
+        to_yaml(seed_args, args, expert_args, reviewer_args, review_args, env_args),
     )
     return summary
 
@@ -189,8 +195,9 @@ def _evolve(env: EvolutionEnv, policy, states: list[State], depth: int) -> tuple
     return kept, dropped
 
 
-def _answer(client, kept: list[Transition], expert: dict, args: SynthesisArguments, lineage: dict):
-    """The expert answers each kept instruction; the paper's response rules eliminate bad answers."""
+def _answer(client, kept: list[Transition], expert: dict, args: SynthesisArguments, lineage: dict, screens: Screens):
+    """The expert answers each kept instruction; the paper's response rules, then the reader's screens (repetition,
+    language, relevance), eliminate bad answers."""
     sampling = sampling_from(expert)
     requests = [
         GenerationRequest(
@@ -201,8 +208,15 @@ def _answer(client, kept: list[Transition], expert: dict, args: SynthesisArgumen
         for t in kept
     ]
     rows, rejected = [], []
-    for t, result in zip(kept, client.generate(requests), strict=True):
-        reason = _screen_answer(result, args.drop_truncated_responses)
+    results = client.generate(requests)
+    reasons = [_screen_answer(result, args.drop_truncated_responses) for result in results]
+    passed = [i for i, r in enumerate(reasons) if r is None]
+    verdicts = screens.responses(
+        [(format_rewrite(kept[i].next_state.instruction, kept[i].next_state.input), results[i].text) for i in passed]
+    )
+    for i, verdict in zip(passed, verdicts, strict=True):
+        reasons[i] = verdict
+    for t, result, reason in zip(kept, results, reasons, strict=True):
         if reason is not None:
             rejected.append(_rejected_row(t, stage="answer", reason=reason, text=result.text))
             continue
@@ -259,11 +273,11 @@ def _rejected_row(t: Transition, stage: str = "rewrite", reason: str | None = No
 
 def main(argv: list[str] | None = None) -> dict:
     """``teams-rl synthesize --config recipes/<model>/synthesize/config_random.yaml [--key value ...]``."""
-    (seed_args, args, expert_args, reviewer_args, review_args), recipe = parse_args(
+    (seed_args, args, expert_args, reviewer_args, review_args, env_args), recipe = parse_args(
         ARGUMENTS, argv, "teams-rl synthesize"
     )
     with located(recipe):
-        return synthesize(seed_args, args, expert_args, reviewer_args, review_args, recipe)
+        return synthesize(seed_args, args, expert_args, reviewer_args, review_args, env_args, recipe)
 
 
 def cli(argv: list[str]) -> None:

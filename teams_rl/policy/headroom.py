@@ -1,0 +1,98 @@
+"""What any policy can gain over uniform-random Evol-Instruct with these models: the headroom summary of an explore
+table (every action on every state, k rewriter samples each).
+
+Rows at an equal expert budget: each rewrite costs one expert call and each kept rewrite one more for its answer,
+so a budget of B calls buys B / (1 + p) rewrites and B * p / (1 + p) rows, where p is the policy's keep rate. Every
+ratio below is rows per call of a policy over rows per call of uniform random, on the same states.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+Cell = tuple[str, str]  # (state key, action)
+
+
+def rows_per_call(p: float) -> float:
+    """Rows per expert call at keep rate ``p`` (a kept rewrite also pays for its answer)."""
+    return p / (1.0 + p) if p > 0 else 0.0
+
+
+def _ratio(p: float, base: float) -> float:
+    return rows_per_call(p) / rows_per_call(base) if base > 0 else float("nan")
+
+
+def keep_table(rows: Sequence[Mapping]) -> dict[str, dict[str, float]]:
+    """state -> action -> keep rate over its samples."""
+    cells: dict[Cell, list[float]] = defaultdict(list)
+    for r in rows:
+        cells[(r["state"], r["action"])].append(float(r["kept"]))
+    table: dict[str, dict[str, float]] = defaultdict(dict)
+    for (state, action), kept in cells.items():
+        table[state][action] = sum(kept) / len(kept)
+    return dict(table)
+
+
+def summarize(rows: Sequence[Mapping], actions: Sequence[str], folds: Mapping[str, int]) -> dict:
+    """The headroom of an explore table.
+
+    Args:
+        rows: one per (state, action, sample) with ``state``, ``seed_id``, ``category``, ``action``, ``kept``,
+            ``reward``.
+        actions: the enabled actions (the uniform policy draws among them).
+        folds: seed id -> fold; the best single action (and the best action per category) is chosen on the
+            other folds and scored on the seed's own, so neither is credited with what it saw.
+    """
+    table = keep_table(rows)
+    states = sorted(s for s in table if all(a in table[s] for a in actions))
+    meta = {r["state"]: (r["seed_id"], r.get("category", "")) for r in rows}
+    if not states:
+        raise ValueError("the explore table holds no state with every action tried")
+    per_action = {}
+    for a in actions:
+        picked = [r for r in rows if r["action"] == a and r["state"] in states]
+        per_action[a] = {
+            "keep_rate": sum(float(r["kept"]) for r in picked) / len(picked),
+            "mean_reward": sum(float(r["reward"]) for r in picked) / len(picked),
+            "rewrites": len(picked),
+        }
+    uniform = sum(sum(table[s][a] for a in actions) / len(actions) for s in states) / len(states)
+    reward_uniform = sum(v["mean_reward"] for v in per_action.values()) / len(actions)
+
+    def chosen(by: str) -> float:
+        # for each state: the action with the best keep rate on the other folds' states (of its category if asked)
+        total = 0.0
+        for s in states:
+            seed, category = meta[s]
+            pool = [t for t in states if folds.get(meta[t][0]) != folds.get(seed)]
+            if by == "category":
+                pool = [t for t in pool if meta[t][1] == category] or pool
+            best = max(actions, key=lambda a: (sum(table[t][a] for t in pool), a))
+            total += table[s][best]
+        return total / len(states)
+
+    best_single, best_category = chosen("all"), chosen("category")
+    oracle = sum(max(table[s][a] for a in actions) for s in states) / len(states)
+    in_sample_best = max(actions, key=lambda a: sum(table[s][a] for s in states))
+    return {
+        "states": len(states),
+        "samples_per_cell": round(len(rows) / max(1, len(table) * len(actions)), 2),
+        "per_action": per_action,
+        "uniform_keep_rate": uniform,
+        "uniform_expected_reward": reward_uniform,
+        "best_single_action_in_sample": in_sample_best,
+        "keep_rates": {
+            "uniform": uniform,
+            "best_single": best_single,
+            "best_per_category": best_category,
+            "oracle": oracle,
+            "keep_all": 1.0,
+        },
+        "rows_ratio": {
+            "best_single": _ratio(best_single, uniform),
+            "best_per_category": _ratio(best_category, uniform),
+            "oracle": _ratio(oracle, uniform),
+            "keep_all": _ratio(1.0, uniform),
+        },
+    }

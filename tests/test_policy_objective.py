@@ -1,0 +1,258 @@
+"""What the policy is trained on is what the comparison counts: the reward formula, one set of screening settings
+for training and synthesis, the stratified held-out split, the headroom table and its summary."""
+
+import json
+from collections import Counter
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from teams_rl.core.recipes import parse_args
+from teams_rl.env.build import EnvArguments, ReviewArguments, SeedArguments, select_seeds
+from teams_rl.env.environment import NO_GAIN, EvolutionEnv, State
+from teams_rl.env.reviewer import Reviewer
+from teams_rl.env.screens import ANSWERED, ScreenArguments, Screens
+from teams_rl.env.seeds import BUILTIN, load_seeds, split_seeds
+from teams_rl.llm.base import SamplingParams
+from teams_rl.llm.ledger import Ledger, RoleClient
+from teams_rl.llm.scripted import ScriptedBackend
+from teams_rl.policy.headroom import rows_per_call, summarize
+
+RECIPES = Path(__file__).parents[1] / "recipes" / "smollm2-135m"
+
+
+# ---------------------------------------------------------------- the reward
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.25, 1.0])
+def test_reward_is_kept_times_one_plus_weighted_quality(tmp_path, weight):
+    from teams_rl.env.actions import load_actions
+
+    replies = {
+        "Write a poem.": "Write a four-line poem about the sea that names a lighthouse.",
+        "Add 17 and 25.": "The answer is 42.",
+        "Name a colour.": "Name a colour.",
+    }
+
+    def rewrite(request) -> str:
+        return next(v for k, v in replies.items() if k in request.messages[-1]["content"])
+
+    rewriter = ScriptedBackend(rewrite)
+    judge = ScriptedBackend(lambda r: "Yes.", model_id="judge")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    env = EvolutionEnv(
+        {a.name: a for a in load_actions()},
+        RoleClient(rewriter, ledger, "rewriter"),
+        Reviewer(RoleClient(judge, ledger, "reviewer"), {"judge": 1.0}),
+        SamplingParams(temperature=0.7, max_new_tokens=64),
+        quality_weight=weight,
+        screens=Screens(ScreenArguments(), embedder=None),
+    )
+    states = [State("x", "Write a poem."), State("y", "Add 17 and 25."), State("z", "Name a colour.")]
+    kept, answered, same = env.step(states, ["add_constraints"] * 3)
+    assert kept.kept and kept.quality == 1.0 and kept.reward == pytest.approx(1.0 + weight * 1.0)
+    assert answered.eliminated == ANSWERED and answered.reward == 0.0  # "The answer is 42." is no instruction
+    assert same.eliminated == NO_GAIN and same.reward == 0.0
+    ledger.close()
+
+
+def test_sample_index_enters_the_request_seed_and_sample_zero_keeps_the_old_one(tmp_path):
+    from teams_rl.env.actions import load_actions
+    from teams_rl.env.environment import derive_seed
+
+    seen = []
+    rewriter = ScriptedBackend(lambda r: seen.append(r.seed) or "Write a long poem about winter nights.")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    env = EvolutionEnv(
+        {a.name: a for a in load_actions()},
+        RoleClient(rewriter, ledger, "rewriter"),
+        Reviewer(None, {"embedding": 1.0}, embedder=_FakeEmbedder(), min_novelty=0.0),
+        SamplingParams(),
+        run_seed=3,
+    )
+    state = State("s", "Write a poem about winter.")
+    transitions = env.step([state] * 3, ["deepen"] * 3, [0, 1, 2])
+    assert [t.sample for t in transitions] == [0, 1, 2]
+    assert seen[0] == derive_seed(3, "s", 0, "rewrite") and len(set(seen)) == 3
+    ledger.close()
+
+
+class _FakeEmbedder:
+    def encode(self, texts, **_):
+        import numpy as np
+
+        return np.ones((len(texts), 4)) / 2.0
+
+
+# ---------------------------------------------------------------- one definition for both stages
+
+
+SHARED = [f.name for f in fields(EnvArguments)] + [f.name for f in fields(ReviewArguments)]
+REWRITE_SIDE = [n for n in SHARED if n not in ("screen_repetition", "screen_language", "screen_min_relevance")]
+
+
+def _values(recipe: Path) -> dict:
+    from teams_rl.policy.train import argument_classes
+    from teams_rl.synthesize.run import ARGUMENTS
+
+    argv = ["--config", str(recipe)]
+    classes = ARGUMENTS if "synthesize" in recipe.parts else argument_classes(argv)
+    parsed, _ = parse_args(classes, argv)
+    shared = [p for p in parsed if isinstance(p, EnvArguments | ReviewArguments)]
+    return {n: getattr(p, n) for p in shared for n in SHARED if hasattr(p, n)}
+
+
+def test_training_and_synthesis_parse_the_same_screening_and_reward_settings():
+    from teams_rl.policy.train import argument_classes
+    from teams_rl.synthesize.run import ARGUMENTS
+
+    assert EnvArguments in ARGUMENTS and ReviewArguments in ARGUMENTS
+    for algorithm in ("ppo", "grpo", "classic"):
+        assert EnvArguments in argument_classes(["--algorithm", algorithm])
+    synthesis = _values(RECIPES / "synthesize" / "config_random.yaml")
+    for name in ("config_ppo.yaml", "config_grpo.yaml", "config_classic.yaml"):
+        policy = _values(RECIPES / "policy" / name)
+        assert {k: policy[k] for k in REWRITE_SIDE} == {k: synthesis[k] for k in REWRITE_SIDE}, name
+
+
+def test_the_rewriter_has_no_length_key_of_its_own():
+    from teams_rl.policy.train import RewriterArguments
+
+    names = {f.name for f in fields(RewriterArguments)}
+    assert "rewriter_max_new_tokens" not in names and "rewriter_temperature" in names
+
+
+# ---------------------------------------------------------------- the held-out split
+
+
+def test_stratified_split_puts_every_category_on_both_sides_and_folds_partition():
+    seeds = load_seeds(BUILTIN)
+    categories = Counter(s.category for s in seeds)
+    assert len(categories) > 5 and "" not in categories
+    held_out_union = []
+    for fold in range(3):
+        held = split_seeds(seeds, "held_out", folds=3, fold=fold, seed=0)
+        train = split_seeds(seeds, "train", folds=3, fold=fold, seed=0)
+        assert {s.id for s in held}.isdisjoint({s.id for s in train}) and len(held) + len(train) == len(seeds)
+        for side in (held, train):
+            assert {s.category for s in side} == set(categories)  # every category on both sides
+        held_out_union += [s.id for s in held]
+    assert sorted(held_out_union) == sorted(s.id for s in seeds)  # each seed held out exactly once
+    other = split_seeds(seeds, "held_out", folds=3, fold=0, seed=1)
+    assert {s.id for s in other} != {s.id for s in split_seeds(seeds, "held_out", folds=3, fold=0, seed=0)}
+
+
+def test_split_keys_select_the_same_seeds_in_every_stage_and_bad_keys_fail():
+    from teams_rl.core.errors import TeamsRLError
+
+    train = select_seeds(SeedArguments(dataset_name=BUILTIN, split="train"))
+    held = select_seeds(SeedArguments(dataset_name=BUILTIN, split="held_out"))
+    assert {s.id for s in train}.isdisjoint({s.id for s in held})
+    assert len(select_seeds(SeedArguments(dataset_name=BUILTIN, split="held_out", max_seeds=5))) == 5
+    with pytest.raises(TeamsRLError, match="split must be one of") as err:
+        select_seeds(SeedArguments(dataset_name=BUILTIN, split="test"))
+    assert err.value.field == "split"
+    with pytest.raises(TeamsRLError):
+        select_seeds(SeedArguments(dataset_name=BUILTIN, split="train", split_folds=3, split_fold=3))
+
+
+# ---------------------------------------------------------------- headroom
+
+
+def _table(keep: dict[tuple[str, str], list[int]], categories: dict[str, str]) -> list[dict]:
+    return [
+        {
+            "state": f"{seed}/0",
+            "seed_id": seed,
+            "category": categories[seed],
+            "action": action,
+            "sample": k,
+            "kept": bool(v),
+            "reward": float(v),
+        }
+        for (seed, action), values in keep.items()
+        for k, v in enumerate(values)
+    ]
+
+
+def test_headroom_summary_on_a_known_table():
+    # a always kept, b never: uniform keeps 1/2, the best single action (a, chosen on the other fold) keeps all
+    cats = {"s1": "x", "s2": "x", "s3": "y", "s4": "y"}
+    keep = {(s, "a"): [1, 1] for s in cats} | {(s, "b"): [0, 0] for s in cats}
+    summary = summarize(_table(keep, cats), ["a", "b"], {"s1": 0, "s2": 1, "s3": 0, "s4": 1})
+    assert summary["uniform_keep_rate"] == 0.5 and summary["keep_rates"]["best_single"] == 1.0
+    assert summary["rows_ratio"]["best_single"] == pytest.approx(rows_per_call(1.0) / rows_per_call(0.5))
+    assert summary["rows_ratio"]["oracle"] == pytest.approx(summary["rows_ratio"]["best_single"])
+    assert summary["per_action"]["a"]["keep_rate"] == 1.0 and summary["per_action"]["b"]["mean_reward"] == 0.0
+
+
+def test_headroom_chooses_on_other_folds_and_the_oracle_reads_the_state():
+    # category x wants a, category y wants b; a constant action gains nothing, the oracle everything
+    cats = {"s1": "x", "s2": "x", "s3": "y", "s4": "y"}
+    keep = {}
+    for s, c in cats.items():
+        keep[(s, "a")] = [1] if c == "x" else [0]
+        keep[(s, "b")] = [0] if c == "x" else [1]
+    summary = summarize(_table(keep, cats), ["a", "b"], {"s1": 0, "s2": 1, "s3": 0, "s4": 1})
+    assert summary["rows_ratio"]["best_single"] == pytest.approx(1.0)
+    assert summary["keep_rates"]["best_per_category"] == 1.0 and summary["keep_rates"]["oracle"] == 1.0
+    assert summary["rows_ratio"]["oracle"] == pytest.approx((1 / 2) / (0.5 / 1.5))
+
+
+def test_explore_writes_the_table_and_training_then_pays_no_call_for_depth_zero(tmp_path, monkeypatch, capsys):
+    from teams_rl import cli
+    from teams_rl.llm.factory import BackendPool
+    from tests.policy_helpers import make_scorer, rewriter_reply, write_seeds
+
+    backend = ScriptedBackend(rewriter_reply, make_scorer("deepen"), model_id="scripted")
+    monkeypatch.setattr(BackendPool, "get", lambda self, settings, role: backend)
+    seeds = write_seeds(tmp_path, 6)
+    common = [
+        "--dataset_name",
+        str(seeds),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--rewriter_model",
+        "scripted",
+        "--reviewer_modes",
+        "judge_logprob:1",
+        "--screen_min_similarity",
+        "0",
+        "--screen_breadth_min_similarity",
+        "0",
+        "--rewrite_samples",
+        "2",
+        "--depth",
+        "1",
+    ]
+    assert cli.main(["explore", "--config", str(RECIPES / "policy" / "config_classic.yaml"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "Headroom" in out and "oracle" in out
+    rows = [json.loads(line) for line in (tmp_path / "run" / "explore" / "table.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 * 6 * 2 and {r["sample"] for r in rows} == {0, 1}
+    assert {r["action"] for r in rows if r["kept"]} == {"deepen"}  # the scripted judge pays deepen only
+    summary = json.loads((tmp_path / "run" / "explore" / "summary.json").read_text())
+    assert summary["per_action"]["deepen"]["keep_rate"] == 1.0 and summary["uniform_keep_rate"] == pytest.approx(1 / 6)
+    assert (tmp_path / "run" / "explore" / "headroom.png").stat().st_size > 0
+    calls = Ledger(tmp_path / "run" / "ledger.sqlite")
+    before = calls.db.execute("select count(*) from calls where role = 'rewriter'").fetchone()[0]
+    calls.close()
+    assert before == 6 * 6 * 2
+    train = [
+        "train-policy",
+        "--config",
+        str(RECIPES / "policy" / "config_classic.yaml"),
+        *common,
+        "--iterations",
+        "2",
+        "--rollout_steps",
+        "2",
+        "--max_seeds",
+        "6",
+    ]
+    assert cli.main(train) == 0
+    calls = Ledger(tmp_path / "run" / "ledger.sqlite")
+    after = calls.db.execute("select count(*) from calls where role = 'rewriter'").fetchone()[0]
+    calls.close()
+    assert after == before  # depth 1 episodes: every rewrite training asked for was in the table
