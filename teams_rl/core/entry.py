@@ -18,12 +18,16 @@ _HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r".*pin_memory.*no accelerator is found", UserWarning),
     (r".*`torch_dtype` is deprecated", FutureWarning),
     (r".*`is_gradient_checkpointing` is deprecated", FutureWarning),
+    # TrainingArguments warns whenever its (default) gradient_checkpointing field is set, which TRL's configs do
+    (r".*`gradient_checkpointing` is deprecated and will be removed in v6", FutureWarning),
     (r".*`torch.jit.script_method` is deprecated", DeprecationWarning),
 )
 # Known harmless log lines, by logger and text: DeepSpeed says it once per process on every CPU machine.
 _HARMLESS_LOGS: dict[str, tuple[str, ...]] = {
     "DeepSpeed": ("Setting accelerator to CPU",),
     "lm_eval.evaluator": ("Overwriting default num_fewshot",),  # teams-rl sets each task's shots on purpose
+    # bitsandbytes looks for an optional kernels package at import; its CPU path works without it
+    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",),
 }
 # Loggers that narrate at INFO what the progress bars already show.
 _QUIET_LOGGERS = (
