@@ -76,10 +76,6 @@ def paired_bootstrap_ratio(
     dropped (``Interval.n_boot`` says how many remain); a base total of 0 gives nan everywhere. Values must be
     finite and non-negative (rows or counts); keys that differ between the sides raise ValueError.
     """
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
     _, a, b = _paired_arrays(ours, base)
     return _bootstrap([a, b], lambda sa, sb: (sa, sb), n_boot=n_boot, seed=seed, level=level)
 
@@ -97,10 +93,6 @@ def paired_bootstrap_rate_ratio(
     """(sum(ours) / sum(ours_cost)) / (sum(base) / sum(base_cost)): e.g. rows per expert call of a policy over
     random's, with the same paired percentile bootstrap over units as ``paired_bootstrap_ratio`` (all four
     mappings over the same unit ids; a unit one side never reached holds 0 rows at 0 cost)."""
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
     _, a, b = _paired_arrays(ours, base)
     _, ac, bc = _paired_arrays(ours_cost, base_cost)
     _paired_arrays(ours, ours_cost)  # the same units on every side
@@ -115,6 +107,10 @@ def paired_bootstrap_rate_ratio(
 def _bootstrap(columns: list[np.ndarray], stat, *, n_boot: int, seed: int, level: float) -> Interval:
     """Resample units (rows of ``columns``) with replacement; ``stat`` maps the resampled column sums to a
     (numerator, denominator) pair whose ratio is the statistic. Draws with a zero denominator are dropped."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
     n = len(columns[0])
     num, den = stat(*(c.sum() for c in columns))
     if n == 0 or den == 0:
