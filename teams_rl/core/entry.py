@@ -26,6 +26,8 @@ _HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 _HARMLESS_LOGS: dict[str, tuple[str, ...]] = {
     "DeepSpeed": ("Setting accelerator to CPU",),
     "lm_eval.evaluator": ("Overwriting default num_fewshot",),  # teams-rl sets each task's shots on purpose
+    # TRL 1.12's PPO passes a GenerationConfig plus output_scores to generate(), on purpose
+    "transformers.generation.utils": ("Passing `generation_config` together with generation-related arguments",),
     # bitsandbytes looks for an optional kernels package at import; its CPU path works without it
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",),
 }
