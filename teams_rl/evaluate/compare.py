@@ -312,8 +312,9 @@ def verdict(interval: Interval, name: str = "the policy") -> str:
     where = (
         f"{interval.estimate:.2f}x random (95% interval {interval.lo:.2f}-{interval.hi:.2f}, {interval.n_units} seeds)"
     )
+    subject = name[:1].upper() + name[1:]
     if interval.lo > 1.0:
-        return f"{name} kept more rows per expert call than random: {where}."
+        return f"{subject} kept more rows per expert call than random: {where}."
     if interval.hi < 1.0:
-        return f"{name} kept fewer rows per expert call than random: {where}."
+        return f"{subject} kept fewer rows per expert call than random: {where}."
     return f"This run cannot tell {name} from random: {where}; the interval includes 1."

@@ -191,7 +191,7 @@ def _comparison(run_dir: Path) -> list[str]:
     return [
         "## Rows per expert call: trained policy vs random",
         "",
-        f"{verdict(interval, 'The trained policy')} Each kept row costs its rewrite and its answer, an eliminated "
+        f"{verdict(interval, 'the trained policy')} Each kept row costs its rewrite and its answer, an eliminated "
         "rewrite one call; the interval is a paired bootstrap over the seeds (10,000 draws), so it says how much "
         "of the difference these few seeds can carry. `bench/policy_vs_random.py` repeats the comparison at an "
         "equal expert budget over several synthesis seeds.",
