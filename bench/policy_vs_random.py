@@ -133,6 +133,28 @@ def spread_of(ref: str, states: list[State], actions) -> float | None:
     return float(state_spread(probs.numpy() if hasattr(probs, "numpy") else probs))
 
 
+def on_table(ref: str, explore: Path, actions) -> dict:
+    """Expected reward and keep rate of a policy on the explore table's depth-0 states (training seeds)."""
+    from teams_rl.env.seeds import BUILTIN, load_seeds
+    from teams_rl.policy.headroom import expected_reward
+
+    rows = [r for r in read_jsonl(explore / "table.jsonl") if r["depth"] == 0]
+    states = sorted({r["state"] for r in rows})
+    names = [a.name for a in actions]
+    if ref == "random":
+        return expected_reward(rows, {s: dict.fromkeys(names, 1 / len(names)) for s in states})
+    if ref.startswith("action:"):
+        return expected_reward(rows, {s: {a: float(a == ref[7:]) for a in names} for s in states})
+    from teams_rl.policy import load_policy
+
+    seeds = {s.id: s for s in load_seeds(BUILTIN)}
+    policy = load_policy(ref, actions)
+    probs = policy.probabilities([State.from_seed(seeds[s.split("/")[0]]) for s in states])
+    names = policy.format.names
+    by_state = {s: dict(zip(names, map(float, p), strict=True)) for s, p in zip(states, probs, strict=True)}
+    return expected_reward(rows, by_state)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", action="append", default=[], metavar="NAME=FOLDER", help="a trained policy")
@@ -225,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             "near_duplicate_rate": near_duplicate_rate(texts, embed) if texts else None,
             "action_entropy": action_entropy([a for r in rs for a in r["actions"]], len(actions)),
             "state_spread": spread_of(ref, states, actions),
+            "on_explore_table": on_table("random" if name == "random" else ref, explore, actions),
             "eliminated": dict(sum((Counter(r["eliminated"]) for r in rs), Counter())),
             "wall_s": sum(r["wall_s"] for r in rs),
             "interval": ratio,
@@ -284,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"headroom (explore, {h['states']} states): best single {h['best_single_rows_ratio']:.3f}x, "
         f"best per category {h['best_per_category_rows_ratio']:.3f}x, oracle {h['oracle_rows_ratio']:.3f}x random"
+    )
+    print(
+        "expected reward on the explore table (training seeds): "
+        + ", ".join(f"{k} {v['on_explore_table']['expected_reward']:.3f}" for k, v in table.items())
     )
     print(f"equal n for diversity: {n_equal} rows; wall {result['wall_s']:.0f} s; results in {out / 'results.json'}")
     return 0

@@ -256,3 +256,15 @@ def test_explore_writes_the_table_and_training_then_pays_no_call_for_depth_zero(
     after = calls.db.execute("select count(*) from calls where role = 'rewriter'").fetchone()[0]
     calls.close()
     assert after == before  # depth 1 episodes: every rewrite training asked for was in the table
+
+
+def test_expected_reward_of_a_policy_on_the_table():
+    from teams_rl.policy.headroom import expected_reward
+
+    cats = {"s1": "x", "s2": "y"}
+    keep = {(s, "a"): [1, 1] for s in cats} | {(s, "b"): [0, 0] for s in cats}
+    rows = _table(keep, cats)
+    uniform = expected_reward(rows, {f"{s}/0": {"a": 0.5, "b": 0.5} for s in cats})
+    always_a = expected_reward(rows, {f"{s}/0": {"a": 1.0, "b": 0.0} for s in cats})
+    assert uniform == {"expected_reward": 0.5, "keep_rate": 0.5, "states": 2}
+    assert always_a["expected_reward"] == 1.0 and always_a["keep_rate"] == 1.0

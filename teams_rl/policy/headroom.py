@@ -96,3 +96,21 @@ def summarize(rows: Sequence[Mapping], actions: Sequence[str], folds: Mapping[st
             "keep_all": _ratio(1.0, uniform),
         },
     }
+
+
+def expected_reward(rows: Sequence[Mapping], probs: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The expected reward and keep rate of a policy on the explore table's states: for each state, its P(action)
+    (``probs[state][action]``) times the table's mean reward / keep rate of that cell, averaged over states."""
+    reward: dict[Cell, list[float]] = defaultdict(list)
+    for r in rows:
+        reward[(r["state"], r["action"])].append(float(r["reward"]))
+    table = keep_table(rows)
+    states = [s for s in table if s in probs]
+    if not states:
+        raise ValueError("no explore state has policy probabilities")
+    mean = {cell: sum(v) / len(v) for cell, v in reward.items()}
+    return {
+        "expected_reward": sum(sum(p * mean[(s, a)] for a, p in probs[s].items()) for s in states) / len(states),
+        "keep_rate": sum(sum(p * table[s][a] for a, p in probs[s].items()) for s in states) / len(states),
+        "states": len(states),
+    }
