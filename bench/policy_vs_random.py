@@ -20,6 +20,7 @@ it is uniform by construction; it checks that nothing else in the instructor pat
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -68,8 +69,8 @@ def split_args(args) -> list[str]:
 def best_single(explore: Path, held_out: set[str]) -> str:
     """The action with the best keep rate on the explore table's seeds outside the held-out fold."""
     kept, tried = Counter(), Counter()
-    for row in read_jsonl(explore / "table.jsonl"):
-        if row["seed_id"] not in held_out and row["depth"] == 0:
+    for row in depth0_table(explore):
+        if row["seed_id"] not in held_out:
             tried[row["action"]] += 1
             kept[row["action"]] += int(row["kept"])
     return max(tried, key=lambda a: (kept[a] / tried[a], a))
@@ -123,13 +124,24 @@ def run(name: str, ref: str, synth_seed: int, args, extra: list[str]) -> dict:
     }
 
 
+@functools.cache
+def policy_of(ref: str):
+    """Each trained policy is loaded once, for the spread and for the explore-table expectation."""
+    from teams_rl.env.build import select_actions
+    from teams_rl.policy import load_policy
+
+    return load_policy(ref, select_actions(None))
+
+
+@functools.cache
+def depth0_table(explore: Path) -> tuple[dict, ...]:
+    return tuple(r for r in read_jsonl(explore / "table.jsonl") if r["depth"] == 0)
+
+
 def spread_of(ref: str, states: list[State], actions) -> float | None:
     if ref == "random" or ref.startswith("action:"):
         return 0.0
-    from teams_rl.policy import load_policy
-
-    policy = load_policy(ref, actions)
-    probs = policy.probabilities(states)
+    probs = policy_of(ref).probabilities(states)
     return float(state_spread(probs.numpy() if hasattr(probs, "numpy") else probs))
 
 
@@ -138,17 +150,15 @@ def on_table(ref: str, explore: Path, actions) -> dict:
     from teams_rl.env.seeds import BUILTIN, load_seeds
     from teams_rl.policy.headroom import expected_reward
 
-    rows = [r for r in read_jsonl(explore / "table.jsonl") if r["depth"] == 0]
+    rows = depth0_table(explore)
     states = sorted({r["state"] for r in rows})
     names = [a.name for a in actions]
     if ref == "random":
         return expected_reward(rows, {s: dict.fromkeys(names, 1 / len(names)) for s in states})
     if ref.startswith("action:"):
         return expected_reward(rows, {s: {a: float(a == ref[7:]) for a in names} for s in states})
-    from teams_rl.policy import load_policy
-
     seeds = {s.id: s for s in load_seeds(BUILTIN)}
-    policy = load_policy(ref, actions)
+    policy = policy_of(ref)
     probs = policy.probabilities([State.from_seed(seeds[s.split("/")[0]]) for s in states])
     names = policy.format.names
     by_state = {s: dict(zip(names, map(float, p), strict=True)) for s, p in zip(states, probs, strict=True)}

@@ -151,8 +151,9 @@ def spread_states(states: Sequence[State], n: int) -> list[State]:
     return list(states[::step][:n])
 
 
-def state_probs(model, fmt: InstructorFormat, states: Sequence[State], batch_size: int = 16):
-    """``(len(states), n_actions)`` P(action | state) at temperature 1, from the answer-token logits."""
+def state_probs(model, fmt: InstructorFormat, states: Sequence[State], batch_size: int = 16, temperature: float = 1.0):
+    """``(len(states), n_actions)`` P(action | state) from the answer-token logits of the last position (one
+    forward pass per batch, only the last position's logits computed)."""
     import torch
 
     out = []
@@ -160,8 +161,8 @@ def state_probs(model, fmt: InstructorFormat, states: Sequence[State], batch_siz
         texts = [fmt.prompt_text(s) for s in states[start : start + batch_size]]
         batch = fmt.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         with torch.inference_mode():
-            logits = model(**batch).logits[:, -1, fmt.answer_token_ids].float()
-        out.append(torch.softmax(logits, dim=-1).cpu())
+            logits = model(**batch, logits_to_keep=1).logits[:, -1, fmt.answer_token_ids].float()
+        out.append(torch.softmax(logits / max(temperature, 1e-6), dim=-1).cpu())
     return torch.cat(out) if out else torch.empty(0, len(fmt.names))
 
 
@@ -229,18 +230,8 @@ class InstructorPolicy:
         self.format = InstructorFormat([by_name[n] for n in meta["actions"]], tokenizer)
 
     def probabilities(self, states: Sequence[State]):
-        """``(len(states), n_actions)`` tensor of action probabilities."""
-        import torch
-
-        tok, out = self.format.tokenizer, []
-        ids = torch.tensor(self.format.answer_token_ids)
-        for start in range(0, len(states), self.batch_size):
-            texts = [self.format.prompt_text(s) for s in states[start : start + self.batch_size]]
-            batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
-            with torch.inference_mode():
-                logits = self.model(**batch, logits_to_keep=1).logits[:, -1, :].float().cpu()
-            out.append(torch.softmax(logits[:, ids] / max(self.temperature, 1e-6), dim=-1))
-        return torch.cat(out) if out else torch.empty(0, len(ids))
+        """``(len(states), n_actions)`` tensor of action probabilities at the policy's temperature."""
+        return state_probs(self.model, self.format, states, self.batch_size, self.temperature)
 
     def select(self, states: Sequence[State]) -> list[str]:
         import torch
