@@ -15,27 +15,53 @@ from pathlib import Path
 
 import yaml
 
+from teams_rl.core.bounds import (
+    BOUND,
+    BUDGET,
+    COUNT,
+    POSITIVE,
+    PROBABILITY,
+    TEMPERATURE,
+    Bound,
+    bound_of,
+    check_value,
+    one_of,
+    resolved_fields,
+)
 from teams_rl.core.errors import TeamsRLError
 
-ROLE_FIELDS: list[tuple[str, type, object, str]] = [
-    ("model", str, "smollm2-135m", "Hub id, local folder, or an embedded model name (smollm2-135m)."),
+ROLE_FIELDS: list[tuple[str, type, object, str, Bound]] = [
+    ("model", str, "smollm2-135m", "Hub id, local folder, or an embedded model name (smollm2-135m).", None),
     (
         "backend",
         str,
         "transformers",
         "transformers (in-process), openai (any OpenAI-compatible server), or python "
         "(model: package.module:factory, a backend of your own).",
+        one_of("transformers", "openai", "python"),
     ),
-    ("base_url", str | None, None, "Server URL for the openai backend, e.g. http://localhost:8000/v1."),
-    ("api_key_env", str, "OPENAI_API_KEY", "Name of the environment variable holding the API key (never the key)."),
-    ("temperature", float, 0.7, "Sampling temperature; 0 means greedy."),
-    ("top_p", float, 0.95, "Nucleus sampling mass."),
-    ("max_new_tokens", int, 256, "Longest completion, in tokens."),
-    ("batch_size", int, 8, "Requests per forward batch (transformers) or in flight at once (openai)."),
-    ("dtype", str, "auto", "transformers backend weights: auto, float32, bfloat16, float16."),
-    ("timeout_s", float, 120.0, "openai backend: per-request timeout in seconds."),
-    ("max_calls", int | None, None, "Hard budget: most calls this role may make in the run folder."),
-    ("max_tokens", int | None, None, "Hard budget: most tokens (prompt + completion) this role may spend."),
+    ("base_url", str | None, None, "Server URL for the openai backend, e.g. http://localhost:8000/v1.", None),
+    (
+        "api_key_env",
+        str,
+        "OPENAI_API_KEY",
+        "Name of the environment variable holding the API key (never the key).",
+        None,
+    ),
+    ("temperature", float, 0.7, "Sampling temperature; 0 means greedy.", TEMPERATURE),
+    ("top_p", float, 0.95, "Nucleus sampling mass.", PROBABILITY),
+    ("max_new_tokens", int, 256, "Longest completion, in tokens.", COUNT),
+    ("batch_size", int, 8, "Requests per forward batch (transformers) or in flight at once (openai).", COUNT),
+    (
+        "dtype",
+        str,
+        "auto",
+        "transformers backend weights: auto, float32, bfloat16, float16.",
+        one_of("auto", "float32", "bfloat16", "float16"),
+    ),
+    ("timeout_s", float, 120.0, "openai backend: per-request timeout in seconds.", POSITIVE),
+    ("max_calls", int | None, None, "Hard budget: most calls this role may make in the run folder.", BUDGET),
+    ("max_tokens", int | None, None, "Hard budget: most tokens (prompt + completion) this role may spend.", BUDGET),
 ]
 
 
@@ -55,11 +81,12 @@ def role_arguments(role: str, omit: tuple[str, ...] = (), **defaults) -> type:
     ``omit`` leaves keys out that another dataclass owns (the rewriter's length is the shared
     ``rewrite_max_new_tokens``)."""
     specs = []
-    for name, typ, default, help_text in ROLE_FIELDS:
+    for name, typ, default, help_text, bound in ROLE_FIELDS:
         if name in omit:
             continue
         value = defaults.get(name, default)
-        specs.append((f"{role}_{name}", typ, field(default=value, metadata={"help": f"[{role}] {help_text}"})))
+        metadata = {"help": f"[{role}] {help_text}", **({BOUND: bound} if bound else {})}
+        specs.append((f"{role}_{name}", typ, field(default=value, metadata=metadata)))
     return make_dataclass(f"{role.capitalize()}Arguments", specs)
 
 
@@ -118,14 +145,10 @@ def validate_recipe(path: str | Path, dataclass_types: Sequence[type]) -> dict:
         raise TeamsRLError("recipe file not found", file=str(path))
     lines = _key_lines(path)
     config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    known, inert_names = {}, inert_keys(dataclass_types)
+    known, inert_names, by_name = {}, inert_keys(dataclass_types), {}
     for dc in dataclass_types:
-        try:
-            hints = typing.get_type_hints(dc)
-        except Exception:  # a forward reference that cannot be resolved here: fall back to the annotation text
-            hints = {}
-        for f in fields(dc):
-            known[f.name] = hints.get(f.name, f.type)
+        for f, typ in resolved_fields(dc):
+            known[f.name], by_name[f.name] = typ, f
     for key, value in config.items():
         if key == "env":
             continue
@@ -139,6 +162,8 @@ def validate_recipe(path: str | Path, dataclass_types: Sequence[type]) -> dict:
             raise TeamsRLError(
                 f"expected {_type_name(known[key])}, got {value!r}", file=str(path), line=lines.get(key), field=key
             )
+        if problem := check_value(by_name[key], known[key], value):
+            raise TeamsRLError(problem, file=str(path), line=lines.get(key), field=key)
     return config
 
 
@@ -157,8 +182,6 @@ def parse_args(
     Returns the dataclass instances and the recipe path (or None), and records where each key came from so
     later errors can point at the recipe line.
     """
-    from trl import TrlParser
-
     argv = list(argv or [])
     recipe = None
     if "--config" in argv:
@@ -171,7 +194,8 @@ def parse_args(
         flag = arg.split("=", 1)[0]
         if flag.startswith("--") and flag[2:].replace("-", "_") in inert_keys(dataclass_types):
             raise TeamsRLError(f"{flag} does nothing in teams-rl (see --help)")
-    parser = TrlParser(list(dataclass_types), prog=prog, description=description)
+    _check_flags(argv, dataclass_types)
+    parser = _parser_class()(list(dataclass_types), prog=prog, description=description)
     try:
         parsed = parser.parse_args_and_config(argv)
     except ValueError as err:
@@ -180,7 +204,70 @@ def parse_args(
             flags = [f for f in re.findall(r"'([^']*)'", unused.group(1)) if f.startswith("-")]
             raise TeamsRLError(f"unknown option {', '.join(flags) or unused.group(1)} (see --help)") from None
         raise TeamsRLError(str(err), file=recipe) from None
+    for instance in parsed:  # every value, whatever set it (a recipe, a flag or a default), is within its bounds
+        for f, typ in resolved_fields(type(instance)):
+            if problem := check_value(f, typ, getattr(instance, f.name)):
+                raise TeamsRLError(problem, file=recipe, line=recipe_line(recipe, f.name), field=f.name)
     return tuple(parsed), recipe
+
+
+def _check_flags(argv: Sequence[str], dataclass_types: Sequence[type]) -> None:
+    """Bounds on command-line values, checked before TRL's dataclasses run their own checks on them (which raise
+    without naming the flag)."""
+    specs = {f.name: (f, typ) for dc in dataclass_types for f, typ in resolved_fields(dc)}
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            continue
+        name, eq, text = arg[2:].partition("=")
+        name = name.replace("-", "_")
+        if name not in specs or name == "config" or (not eq and (i + 1 >= len(argv) or argv[i + 1].startswith("--"))):
+            continue
+        f, typ = specs[name]
+        value = _convert(text if eq else argv[i + 1], typ)
+        if value is not _UNCONVERTED and (problem := check_value(f, typ, value)):
+            raise TeamsRLError(f"--{name}: {problem}")
+
+
+_UNCONVERTED = object()
+
+
+def _convert(text: str, typ):
+    """A flag's text as the field's scalar type would read it (int, float, str); else ``_UNCONVERTED``."""
+    options = typing.get_args(typ) if typing.get_origin(typ) in (typing.Union, types.UnionType) else (typ,)
+    if text == "None" and type(None) in options:
+        return None
+    for option in options:
+        if option is bool:
+            return _UNCONVERTED
+        if option in (int, float):
+            try:
+                return option(text)
+            except ValueError:
+                continue
+    return text if str in options or any(typing.get_origin(o) is typing.Literal for o in options) else _UNCONVERTED
+
+
+def _parser_class():
+    """TRL's ``TrlParser``, which hands a field's metadata to argparse: our ``bound`` becomes words in its help."""
+    from trl import TrlParser
+
+    class Parser(TrlParser):
+        @staticmethod
+        def _parse_dataclass_field(parser, f):
+            bound = bound_of(f) if BOUND in f.metadata else None
+            if bound is not None:
+                stripped = dataclasses.field()
+                for slot in type(f).__slots__:
+                    setattr(stripped, slot, getattr(f, slot))
+                meta = {k: v for k, v in f.metadata.items() if k != BOUND}
+                if meta.get("help") not in (None, argparse.SUPPRESS):
+                    meta["help"] = f"{meta['help']} [{bound.describe()}]"
+                stripped.metadata = types.MappingProxyType(meta)
+                f = stripped
+            return TrlParser._parse_dataclass_field(parser, f)
+
+    return Parser
 
 
 def recipe_line(recipe: str | None, key: str | None) -> int | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from trl import ScriptArguments
 
+from teams_rl.core.bounds import BUDGET, COUNT, UNIT, at_least, one_of
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.layout import ledger_path
 from teams_rl.core.recipes import inert, role_arguments, role_settings
@@ -43,24 +44,34 @@ class SeedArguments(ScriptArguments):
     instruction_column: str = field(default="instruction", metadata={"help": "Column holding the instruction."})
     input_column: str | None = field(default="input", metadata={"help": "Optional column holding an input."})
     id_column: str | None = field(default="id", metadata={"help": "Optional id column (else a content hash)."})
-    max_seeds: int | None = field(default=None, metadata={"help": "Use only the first N seeds (after skip_seeds)."})
+    max_seeds: int | None = field(
+        default=None, metadata={"bound": COUNT, "help": "Use only the first N seeds (after skip_seeds)."}
+    )
     skip_seeds: int = field(
         default=0,
         metadata={
+            "bound": BUDGET,
             "help": "Skip the first N seeds, e.g. those a policy was trained on (train-policy's held_out_seeds keeps "
-            "the last ones out), so synthesis runs on held-out seeds."
+            "the last ones out), so synthesis runs on held-out seeds.",
         },
     )
     split: str = field(
         default="all",
         metadata={
+            "bound": one_of("all", "train", "held_out"),
             "help": "all, train or held_out: fold split_fold of split_folds, stratified by the seeds' category, is "
-            "held_out and the rest train (the same seeds in every stage for the same split_* keys)."
+            "held_out and the rest train (the same seeds in every stage for the same split_* keys).",
         },
     )
-    split_folds: int = field(default=3, metadata={"help": "Folds of the stratified split (held_out = 1/split_folds)."})
-    split_fold: int = field(default=0, metadata={"help": "Which fold is held_out (0 .. split_folds-1)."})
-    split_seed: int = field(default=0, metadata={"help": "Seed of the split's shuffle within each category."})
+    split_folds: int = field(
+        default=3, metadata={"bound": at_least(2), "help": "Folds of the stratified split (held_out = 1/split_folds)."}
+    )
+    split_fold: int = field(
+        default=0, metadata={"bound": BUDGET, "help": "Which fold is held_out (0 .. split_folds-1)."}
+    )
+    split_seed: int = field(
+        default=0, metadata={"bound": BUDGET, "help": "Seed of the split's shuffle within each category."}
+    )
 
 
 @dataclass
@@ -72,8 +83,12 @@ class ReviewArguments:
         metadata={"help": "mode:weight list of judge, judge_logprob, graded, graded_logprob, embedding."},
     )
     reviewer_embedding_model: str = field(default="minilm", metadata={"help": "Sentence-embedding model."})
-    reviewer_gain_threshold: float = field(default=0.5, metadata={"help": "judge_logprob: P(Yes) needed for gain."})
-    reviewer_min_novelty: float = field(default=0.05, metadata={"help": "No judge: novelty needed for gain."})
+    reviewer_gain_threshold: float = field(
+        default=0.5, metadata={"bound": UNIT, "help": "judge_logprob: P(Yes) needed for gain."}
+    )
+    reviewer_min_novelty: float = field(
+        default=0.05, metadata={"bound": UNIT, "help": "No judge: novelty needed for gain."}
+    )
 
 
 @dataclass
@@ -83,13 +98,17 @@ class EnvArguments(ScreenArguments):
 
     rewrite_max_new_tokens: int = field(
         default=96,
-        metadata={"help": "Longest rewrite (tokens); a rewrite cut at this length is eliminated as truncated."},
+        metadata={
+            "bound": COUNT,
+            "help": "Longest rewrite (tokens); a rewrite cut at this length is eliminated as truncated.",
+        },
     )
     reward_quality_weight: float = field(
         default=0.25,
         metadata={
+            "bound": at_least(0),
             "help": "Reward = kept x (1 + w x the reviewer's score in [0, 1]): w ranks kept rewrites by the "
-            "reviewer's P(gain) and novelty; any w keeps a kept rewrite worth more than an eliminated one (0)."
+            "reviewer's P(gain) and novelty; any w keeps a kept rewrite worth more than an eliminated one (0).",
         },
     )
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from teams_rl.core.bounds import UNIT, at_least
 from teams_rl.env.answer_screens import (  # the answer screens, re-exported: one import for every screen
     OFF_TOPIC,
     REPETITIVE,
@@ -183,14 +184,21 @@ class ScreenArguments:
     )
     screen_min_similarity: float = field(
         default=0.35,
-        metadata={"help": "In-depth actions: rewrite-vs-seed embedding similarity needed (drifted); 0 disables."},
+        metadata={
+            "bound": UNIT,
+            "help": "In-depth actions: rewrite-vs-seed embedding similarity needed (drifted); 0 disables.",
+        },
     )
     screen_breadth_min_similarity: float = field(
-        default=0.15, metadata={"help": "in_breadth: rewrite-vs-seed similarity needed (drifted); 0 disables."}
+        default=0.15,
+        metadata={"bound": UNIT, "help": "in_breadth: rewrite-vs-seed similarity needed (drifted); 0 disables."},
     )
     screen_min_length_ratio: float = field(
         default=0.8,
-        metadata={"help": "In-depth actions: rewrite words needed, as a share of the parent's (shrunk); 0 disables."},
+        metadata={
+            "bound": at_least(0),
+            "help": "In-depth actions: rewrite words needed, as a share of the parent's (shrunk); 0 disables.",
+        },
     )
     screen_repetition: bool = field(
         default=True, metadata={"help": "Drop answers the Gopher repetition filter rejects (loops)."}
@@ -199,7 +207,8 @@ class ScreenArguments:
         default="en", metadata={"help": "Language answers must be in (py3langid code); empty or none disables."}
     )
     screen_min_relevance: float = field(
-        default=0.10, metadata={"help": "Instruction-vs-answer embedding similarity needed (off topic); 0 disables."}
+        default=0.10,
+        metadata={"bound": UNIT, "help": "Instruction-vs-answer embedding similarity needed (off topic); 0 disables."},
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from teams_rl.core.bounds import BUDGET, COUNT, POSITIVE, between, one_of
 from teams_rl.evaluate.lmeval import LOCAL_TASK
 
 
@@ -35,9 +36,17 @@ class EvalArguments:
         },
     )
     run_lm_eval: bool = field(default=True, metadata={"help": "Run the benchmarks (false: only metrics/privacy)."})
-    limit: float | None = field(default=None, metadata={"help": "lm-eval limit: documents per task (or a fraction)."})
-    batch_size: int = field(default=8, metadata={"help": "lm-eval and privacy scoring batch size."})
-    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, float32, bfloat16, float16."})
+    limit: float | None = field(
+        default=None, metadata={"bound": POSITIVE, "help": "lm-eval limit: documents per task (or a fraction)."}
+    )
+    batch_size: int = field(default=8, metadata={"bound": COUNT, "help": "lm-eval and privacy scoring batch size."})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "bound": one_of("auto", "float32", "bfloat16", "float16"),
+            "help": "Weights dtype: auto, float32, bfloat16, float16.",
+        },
+    )
     device: str | None = field(default=None, metadata={"help": "cuda, cuda:0, cpu... (default: cuda if available)."})
     apply_chat_template: str = field(
         default="auto",
@@ -46,8 +55,12 @@ class EvalArguments:
             "choices": ["auto", "true", "false"],
         },
     )
-    bootstrap_iters: int = field(default=1000, metadata={"help": "lm-eval bootstrap iterations for stderr."})
-    seed: int = field(default=42, metadata={"help": "Seeds lm-eval's few-shot sampling, row sampling, bootstrap."})
+    bootstrap_iters: int = field(
+        default=1000, metadata={"bound": BUDGET, "help": "lm-eval bootstrap iterations for stderr."}
+    )
+    seed: int = field(
+        default=42, metadata={"bound": BUDGET, "help": "Seeds lm-eval's few-shot sampling, row sampling, bootstrap."}
+    )
     dataset: str | None = field(default=None, metadata={"help": "A dataset folder: also write its metrics."})
     embedding_model: str = field(default="minilm", metadata={"help": "Sentence embeddings for Vendi/near-dups."})
     privacy: bool = field(default=False, metadata={"help": "Run the membership-inference (privacy) test."})
@@ -61,11 +74,21 @@ class EvalArguments:
     )
     privacy_members: str | None = field(default=None, metadata={"help": "Or: a file/folder of training rows."})
     privacy_non_members: str | None = field(default=None, metadata={"help": "And: rows never trained on."})
-    privacy_max_rows: int | None = field(default=200, metadata={"help": "Most rows scored per side (seeded draw)."})
-    privacy_min_k: float = field(
-        default=0.2, metadata={"help": "Min-K Prob: the fraction K of least likely answer tokens averaged."}
+    privacy_max_rows: int | None = field(
+        default=200, metadata={"bound": COUNT, "help": "Most rows scored per side (seeded draw)."}
     )
-    privacy_max_length: int = field(default=512, metadata={"help": "Tokens per scored row (SFT's max_length)."})
-    privacy_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the AUC interval."})
+    privacy_min_k: float = field(
+        default=0.2,
+        metadata={
+            "bound": between(0, 1, lo_open=True),
+            "help": "Min-K Prob: the fraction K of least likely answer tokens averaged.",
+        },
+    )
+    privacy_max_length: int = field(
+        default=512, metadata={"bound": COUNT, "help": "Tokens per scored row (SFT's max_length)."}
+    )
+    privacy_bootstrap: int = field(
+        default=1000, metadata={"bound": COUNT, "help": "Bootstrap resamples for the AUC interval."}
+    )
     plots: bool = field(default=True, metadata={"help": "Write PNG plots to OUTPUT_DIR/eval/plots."})
     overwrite: bool = field(default=False, metadata={"help": "Re-run even if results.json matches this config."})

@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from teams_rl.core.bounds import one_of
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.recipes import parse_args, recipe_line
 
@@ -38,8 +39,9 @@ class PipelineArguments:
     stages: list[str] = field(
         default_factory=lambda: list(STAGE_ORDER),
         metadata={
+            "bound": one_of(*STAGE_ORDER),
             "help": "Stages to run, in order: train-policy synthesize baseline sft evaluate push. Leave one out to "
-            "use its recipe's own input instead (e.g. no train-policy: synthesis uses its recipe's policy)."
+            "use its recipe's own input instead (e.g. no train-policy: synthesis uses its recipe's policy).",
         },
     )
     policy_recipe: str | None = field(default=None, metadata={"help": "train-policy recipe (policy/config_*.yaml)."})

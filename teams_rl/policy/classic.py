@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from tqdm.auto import tqdm
 
+from teams_rl.core.bounds import BUDGET, COUNT, POSITIVE, UNIT, at_least, one_of
 from teams_rl.core.errors import BudgetExhausted, TeamsRLError
 from teams_rl.core.files import atomic_folder
 from teams_rl.env.environment import State, derive_seed
@@ -31,35 +32,49 @@ class ClassicConfig:
     """The classic policy's run and TRPO settings (defaults: the original code's)."""
 
     output_dir: str = field(default="runs/classic", metadata={"help": "Run folder (ledger, config, policy/, plots/)."})
-    seed: int = field(default=42, metadata={"help": "Run seed: network init, action sampling, rewriter seeds."})
-    iterations: int = field(default=50, metadata={"help": "TRPO updates."})
+    seed: int = field(
+        default=42, metadata={"bound": BUDGET, "help": "Run seed: network init, action sampling, rewriter seeds."}
+    )
+    iterations: int = field(default=50, metadata={"bound": COUNT, "help": "TRPO updates."})
     rollout_steps: int = field(
         default=6,
         metadata={
+            "bound": COUNT,
             "help": "Env steps per update; each step acts in every episode "
-            "slot, so an update sees rollout_steps x slots moves."
+            "slot, so an update sees rollout_steps x slots moves.",
         },
     )
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64], metadata={"help": "MLP hidden layers."})
-    max_kl: float = field(default=0.01, metadata={"help": "TRPO trust region: largest mean KL(old || new)."})
-    damping: float = field(default=0.1, metadata={"help": "Added to the Fisher matrix (F + damping I)."})
-    cg_iters: int = field(default=10, metadata={"help": "Conjugate-gradient steps to solve F x = g."})
-    gamma: float = field(default=0.995, metadata={"help": "Discount."})
-    lam: float = field(default=0.97, metadata={"help": "GAE lambda."})
-    value_lr: float = field(default=1e-3, metadata={"help": "Value MLP learning rate (Adam)."})
-    value_iters: int = field(default=20, metadata={"help": "Value MLP gradient steps per update."})
+    hidden_sizes: list[int] = field(
+        default_factory=lambda: [64, 64], metadata={"bound": COUNT, "help": "MLP hidden layers."}
+    )
+    max_kl: float = field(
+        default=0.01, metadata={"bound": POSITIVE, "help": "TRPO trust region: largest mean KL(old || new)."}
+    )
+    damping: float = field(
+        default=0.1, metadata={"bound": at_least(0), "help": "Added to the Fisher matrix (F + damping I)."}
+    )
+    cg_iters: int = field(default=10, metadata={"bound": COUNT, "help": "Conjugate-gradient steps to solve F x = g."})
+    gamma: float = field(default=0.995, metadata={"bound": UNIT, "help": "Discount."})
+    lam: float = field(default=0.97, metadata={"bound": UNIT, "help": "GAE lambda."})
+    value_lr: float = field(default=1e-3, metadata={"bound": POSITIVE, "help": "Value MLP learning rate (Adam)."})
+    value_iters: int = field(default=20, metadata={"bound": COUNT, "help": "Value MLP gradient steps per update."})
     state_features: str = field(
         default="last_action",
         metadata={
+            "bound": one_of("last_action", "embedding"),
             "help": "last_action (the original: one-hot of the last action + depth) or embedding (also a sentence "
-            "embedding of the current instruction)."
+            "embedding of the current instruction).",
         },
     )
     state_embedding_model: str = field(default="minilm", metadata={"help": "Embedder of state_features: embedding."})
     report_to: str = field(
-        default="tensorboard", metadata={"help": "tensorboard (under <output_dir>/tensorboard) or none."}
+        default="tensorboard",
+        metadata={
+            "bound": one_of("tensorboard", "none"),
+            "help": "tensorboard (under <output_dir>/tensorboard) or none.",
+        },
     )
-    logging_steps: int = field(default=1, metadata={"help": "Log every N updates."})
+    logging_steps: int = field(default=1, metadata={"bound": COUNT, "help": "Log every N updates."})
 
 
 CONFIG_CLASSES = (ClassicConfig,)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from teams_rl.core.bounds import COUNT
 from teams_rl.core.files import atomic_write_text, write_jsonl
 from teams_rl.core.recipes import located, parse_args
 from teams_rl.env.build import select_seeds
@@ -34,13 +35,16 @@ class ExploreArguments:
     """What the headroom table covers (the environment and models are the policy recipe's own)."""
 
     explore_depth: int = field(
-        default=1, metadata={"help": "1: every action on every seed; 2: also on one kept rewrite of each seed."}
+        default=1,
+        metadata={"bound": COUNT, "help": "1: every action on every seed; 2: also on one kept rewrite of each seed."},
     )
     explore_split: str = field(
         default="all",
         metadata={"help": "Seeds to explore: all (headroom over every fold), train or held_out (the recipe's folds)."},
     )
-    explore_chunk: int = field(default=8, metadata={"help": "States rewritten together (x actions x samples)."})
+    explore_chunk: int = field(
+        default=8, metadata={"bound": COUNT, "help": "States rewritten together (x actions x samples)."}
+    )
 
 
 def _row(t: Transition, category: str) -> dict:

@@ -18,8 +18,21 @@ from pathlib import Path
 
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_quantization_config
 
+from teams_rl.core.bounds import (
+    BUDGET,
+    COUNT,
+    POSITIVE,
+    PROBABILITY,
+    TRAINING_ARGUMENTS,
+    UNIT,
+    at_least,
+    between,
+    bounded,
+)
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import atomic_folder
+from teams_rl.core.recipes import inert
+from teams_rl.llm.model_config import LoraModelConfig
 from teams_rl.policy.instructor import (
     InstructorFormat,
     add_action_head,
@@ -36,25 +49,70 @@ from teams_rl.policy.progress import train_within_budget
 logger = logging.getLogger(__name__)
 
 
+@bounded(
+    **TRAINING_ARGUMENTS,
+    router_aux_loss_coef=at_least(0),
+    num_generations_eval=COUNT,
+    pad_to_multiple_of=COUNT,
+    generation_batch_size=COUNT,
+    steps_per_generation=COUNT,
+    temperature=POSITIVE,
+    top_p=PROBABILITY,
+    top_k=BUDGET,
+    min_p=UNIT,
+    repetition_penalty=POSITIVE,
+    num_iterations=COUNT,
+    epsilon=POSITIVE,
+    delta=POSITIVE,
+    epsilon_high=POSITIVE,
+    sapo_temperature_neg=POSITIVE,
+    sapo_temperature_pos=POSITIVE,
+    vespo_k_pos=at_least(0),
+    vespo_lambda_pos=at_least(0),
+    vespo_k_neg=at_least(0),
+    vespo_lambda_neg=at_least(0),
+    ref_model_mixup_alpha=UNIT,
+    ref_model_sync_steps=COUNT,
+    top_entropy_quantile=UNIT,
+    entropy_coef=at_least(0),
+    entropy_coef_min=at_least(0),
+    entropy_coef_max=at_least(0),
+    entropy_coef_delta=at_least(0),
+    entropy_target=at_least(0),
+    off_policy_mask_threshold=at_least(0),
+    num_completions_to_print=BUDGET,
+    reward_weights=at_least(0),
+)
 @dataclass
 class GRPOPolicyConfig(GRPOConfig):
     """TRL's ``GRPOConfig`` with defaults for a one-token instructor on a small machine (every key is TRL's)."""
 
     output_dir: str | None = field(default="runs/grpo", metadata={"help": "Run folder (ledger, policy, plots, logs)."})
     max_completion_length: int | None = field(
-        default=1, metadata={"help": "Must be 1: the answer is one menu digit (the action mask allows nothing else)."}
+        default=1,
+        metadata={
+            "bound": between(1, 1, lo_open=False),
+            "help": "Must be 1: the answer is one menu digit (the action mask allows nothing else).",
+        },
     )
-    num_generations: int | None = field(default=4, metadata={"help": "Answers per state (the GRPO group)."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Answers per step (states x group)."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (LoRA-sized)."})
+    num_generations: int | None = field(
+        default=4, metadata={"bound": at_least(2), "help": "Answers per state (the GRPO group)."}
+    )
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"bound": COUNT, "help": "Answers per step (states x group)."}
+    )
+    learning_rate: float = field(
+        default=1e-4, metadata={"bound": POSITIVE, "help": "AdamW learning rate (LoRA-sized)."}
+    )
     beta: float = field(
         default=0.02,
         metadata={
+            "bound": at_least(0),
             "help": "KL to the starting policy (adapter off); keeps some "
-            "exploration over the menu. 0 skips the reference pass."
+            "exploration over the menu. 0 skips the reference pass.",
         },
     )
-    logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
+    logging_steps: float = field(default=1, metadata={"bound": POSITIVE, "help": "Log every N steps."})
     report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "tensorboard, wandb, none..."})
     save_strategy: str = field(
         default="no", metadata={"help": "Trainer checkpoints (the policy is saved at the end)."}
@@ -64,13 +122,27 @@ class GRPOPolicyConfig(GRPOConfig):
         default=None, metadata={"help": "Deprecated alias of activation_checkpointing."}
     )
     bf16: bool | None = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU)."})
+    # use_vllm is refused (the instructor answers through its action head), so vLLM's and tools' keys do nothing.
+    vllm_server_port: int = inert(GRPOConfig.vllm_server_port)
+    vllm_server_timeout: float = inert(GRPOConfig.vllm_server_timeout)
+    vllm_group_port: int = inert(GRPOConfig.vllm_group_port)
+    vllm_gpu_memory_utilization: float = inert(GRPOConfig.vllm_gpu_memory_utilization)
+    vllm_max_model_length: int | None = inert(GRPOConfig.vllm_max_model_length)
+    vllm_tensor_parallel_size: int = inert(GRPOConfig.vllm_tensor_parallel_size)
+    vllm_importance_sampling_clip_max: float | None = inert(GRPOConfig.vllm_importance_sampling_clip_max)
+    vllm_importance_sampling_clip_min: float | None = inert(GRPOConfig.vllm_importance_sampling_clip_min)
+    vllm_importance_sampling_cap: float | None = inert(GRPOConfig.vllm_importance_sampling_cap)
+    max_tool_calling_iterations: int | None = inert(GRPOConfig.max_tool_calling_iterations)
     probe_states: int = field(
         default=8,
-        metadata={"help": "Seed states whose action probabilities are logged before and after training (0: skip)."},
+        metadata={
+            "bound": BUDGET,
+            "help": "Seed states whose action probabilities are logged before and after training (0: skip).",
+        },
     )
 
 
-CONFIG_CLASSES = (GRPOPolicyConfig, ModelConfig)
+CONFIG_CLASSES = (GRPOPolicyConfig, LoraModelConfig)
 
 
 def run_settings(config: GRPOPolicyConfig, model_config: ModelConfig) -> tuple[str, int, str]:

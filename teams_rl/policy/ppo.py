@@ -18,8 +18,11 @@ import torch
 from trl import ModelConfig
 from trl.experimental.ppo import PPOConfig
 
+from teams_rl.core.bounds import BUDGET, COUNT, POSITIVE, TRAINING_ARGUMENTS, UNIT, any_value, at_least, bounded
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import atomic_folder
+from teams_rl.core.recipes import inert
+from teams_rl.llm.model_config import LoraModelConfig
 from teams_rl.policy.instructor import (
     InstructorFormat,
     add_action_head,
@@ -37,9 +40,37 @@ from teams_rl.policy.progress import train_within_budget
 logger = logging.getLogger(__name__)
 
 
+@bounded(
+    **TRAINING_ARGUMENTS,
+    dataset_num_proc=COUNT,
+    num_mini_batches=COUNT,
+    total_episodes=COUNT,
+    local_rollout_forward_batch_size=COUNT,
+    num_sample_generations=BUDGET,
+    response_length=COUNT,
+    stop_token_id=BUDGET,
+    temperature=POSITIVE,
+    missing_eos_penalty=at_least(0),
+    num_ppo_epochs=COUNT,
+    kl_coef=at_least(0),
+    cliprange=POSITIVE,
+    vf_coef=at_least(0),
+    cliprange_value=POSITIVE,
+    gamma=UNIT,
+    lam=UNIT,
+)
 @dataclass
 class PPOPolicyConfig(PPOConfig):
     """TRL's ``PPOConfig`` (every PPO and Trainer key) plus what the instructor adds."""
+
+    # Sizes the trainer computes from the others at start; a value set here would be overwritten.
+    world_size: int | None = inert()
+    num_total_batches: int | None = inert()
+    micro_batch_size: int | None = inert()
+    local_batch_size: int | None = inert()
+    batch_size: int | None = inert()
+    local_mini_batch_size: int | None = inert()
+    mini_batch_size: int | None = inert()
 
     value_lora: bool = field(
         default=True,
@@ -50,14 +81,18 @@ class PPOPolicyConfig(PPOConfig):
     )
     probe_states: int = field(
         default=8,
-        metadata={"help": "Seed states whose action probabilities are logged before and after training (0: skip)."},
+        metadata={
+            "bound": BUDGET,
+            "help": "Seed states whose action probabilities are logged before and after training (0: skip).",
+        },
     )
     value_init: float = field(
         default=0.5,
         metadata={
+            "bound": any_value("a reward level"),
             "help": "Where the value head starts: zero weights and this bias, i.e. the expected reward of the "
             "uniform policy (the headroom table prints it), so the first advantages are reward minus a sensible "
-            "baseline instead of reward minus a random head's noise."
+            "baseline instead of reward minus a random head's noise.",
         },
     )
 
@@ -69,7 +104,7 @@ class PPOPolicyConfig(PPOConfig):
         super().__post_init__()
 
 
-CONFIG_CLASSES = (PPOPolicyConfig, ModelConfig)
+CONFIG_CLASSES = (PPOPolicyConfig, LoraModelConfig)
 
 
 def run_settings(config: PPOPolicyConfig, model_config: ModelConfig) -> tuple[str, int, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from teams_rl.core.bounds import BUDGET, COUNT, Bound, one_of
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import atomic_write_text
 from teams_rl.core.layout import POLICY_DIR, recipe_path
@@ -47,17 +48,32 @@ RewriterArguments = role_arguments(
 class PolicyArguments:
     """What the policy learns from: the environment around the trainer."""
 
-    algorithm: str = field(default="ppo", metadata={"help": "ppo (TRL PPO), grpo (TRL GRPO) or classic (MLP, TRPO)."})
+    algorithm: str = field(
+        default="ppo",
+        metadata={
+            "bound": one_of("ppo", "grpo", "classic"),
+            "help": "ppo (TRL PPO), grpo (TRL GRPO) or classic (MLP, TRPO).",
+        },
+    )
     actions: str | None = field(default=None, metadata={"help": "Comma-separated subset of actions (default: all)."})
-    depth: int = field(default=2, metadata={"help": "Steps per episode: a kept rewrite becomes the next state."})
-    parse_penalty: float = field(default=-0.5, metadata={"help": "Reward of an answer that names no action."})
-    episode_slots: int | None = field(default=None, metadata={"help": "Episodes run side by side (default: seeds)."})
-    held_out_seeds: int = field(default=0, metadata={"help": "Last N seeds kept out of training (for benches)."})
+    depth: int = field(
+        default=2, metadata={"bound": COUNT, "help": "Steps per episode: a kept rewrite becomes the next state."}
+    )
+    parse_penalty: float = field(
+        default=-0.5, metadata={"bound": Bound(hi=0), "help": "Reward of an answer that names no action."}
+    )
+    episode_slots: int | None = field(
+        default=None, metadata={"bound": COUNT, "help": "Episodes run side by side (default: seeds)."}
+    )
+    held_out_seeds: int = field(
+        default=0, metadata={"bound": BUDGET, "help": "Last N seeds kept out of training (for benches)."}
+    )
     rewrite_samples: int = field(
         default=4,
         metadata={
+            "bound": COUNT,
             "help": "Rewriter samples per (state, action): each step draws one of them (its index enters the "
-            "request seed). Use explore's `samples` so its table answers training's depth-0 steps for free."
+            "request seed). Use explore's `samples` so its table answers training's depth-0 steps for free.",
         },
     )
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 
-from trl import ModelConfig, ScriptArguments, SFTConfig
+from trl import ScriptArguments, SFTConfig
 from trl.scripts.utils import DatasetConfig, DatasetMixtureConfig
 
+from teams_rl.core.bounds import COUNT, FRACTION, POSITIVE, TRAINING_ARGUMENTS, at_least, bounded
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.recipes import inert, parse_args, recipe_line, validate_recipe
+from teams_rl.llm.model_config import LoraModelConfig
 from teams_rl.sft.data import check_mixture_entries
 
 
@@ -41,6 +43,13 @@ class SFTScriptArguments(ScriptArguments):
     )
 
 
+@bounded(
+    **TRAINING_ARGUMENTS,
+    router_aux_loss_coef=at_least(0),
+    dataset_num_proc=COUNT,
+    max_length=COUNT,
+    pad_to_multiple_of=COUNT,
+)
 @dataclass
 class TeamsSFTConfig(SFTConfig):
     """TRL's ``SFTConfig`` with teams-rl defaults (LoRA-sized learning rate, tensorboard, a run folder)."""
@@ -48,7 +57,9 @@ class TeamsSFTConfig(SFTConfig):
     output_dir: str | None = field(
         default="runs/sft", metadata={"help": "Run folder: checkpoints, adapter/, merged/, plots/, README.md, logs."}
     )
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate (LoRA-sized)."})
+    learning_rate: float = field(
+        default=2e-4, metadata={"bound": POSITIVE, "help": "Peak AdamW learning rate (LoRA-sized)."}
+    )
     report_to: None | str | list[str] = field(
         default="tensorboard",
         metadata={"help": "tensorboard (installed), or trackio / wandb when installed, or none."},
@@ -65,7 +76,13 @@ class TeamsSFTConfig(SFTConfig):
     )
 
 
-CONFIG_CLASSES = (SFTScriptArguments, TeamsSFTConfig, ModelConfig, DatasetMixtureConfig)
+@bounded(test_split_size=FRACTION)
+@dataclass
+class SplitMixtureConfig(DatasetMixtureConfig):
+    """TRL's dataset mixture (``datasets``, ``streaming``, ``test_split_size``), with the split fraction bounded."""
+
+
+CONFIG_CLASSES = (SFTScriptArguments, TeamsSFTConfig, LoraModelConfig, SplitMixtureConfig)
 
 
 def parse(argv: list[str]):

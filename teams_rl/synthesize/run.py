@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from teams_rl.core.bounds import BUDGET, COUNT, POSITIVE, SHARD
 from teams_rl.core.errors import BudgetExhausted
 from teams_rl.core.files import atomic_write_text
 from teams_rl.core.layout import DATASET_DIR, SHARDS_DIR, recipe_path
@@ -45,7 +46,9 @@ class SynthesisArguments:
     """How instructions are evolved and where the run lives."""
 
     output_dir: str = field(default="runs/synthesis", metadata={"help": "Run folder (ledger, config, dataset)."})
-    seed: int = field(default=42, metadata={"help": "Run seed; each request's seed = f(run seed, row id, step)."})
+    seed: int = field(
+        default=42, metadata={"bound": BUDGET, "help": "Run seed; each request's seed = f(run seed, row id, step)."}
+    )
     policy: str = field(default="random", metadata={"help": "'random' (Evol-Instruct) or a trained policy folder."})
     policy_sample: bool = field(
         default=False,
@@ -53,12 +56,21 @@ class SynthesisArguments:
     )
     policy_temperature: float | None = field(
         default=None,
-        metadata={"help": "Trained policy: sampling temperature (default: the temperature it was trained at)."},
+        metadata={
+            "bound": POSITIVE,
+            "help": "Trained policy: sampling temperature (default: the temperature it was trained at).",
+        },
     )
     actions: str | None = field(default=None, metadata={"help": "Comma-separated subset of actions (default: all)."})
-    depth: int = field(default=3, metadata={"help": "Evolution steps per seed; every kept step becomes a row."})
-    chunk_size: int = field(default=16, metadata={"help": "Seeds evolved together (batching and budget unit)."})
-    shard: str | None = field(default=None, metadata={"help": "'i/N': process only shard i of N (see merge)."})
+    depth: int = field(
+        default=3, metadata={"bound": COUNT, "help": "Evolution steps per seed; every kept step becomes a row."}
+    )
+    chunk_size: int = field(
+        default=16, metadata={"bound": COUNT, "help": "Seeds evolved together (batching and budget unit)."}
+    )
+    shard: str | None = field(
+        default=None, metadata={"bound": SHARD, "help": "'i/N': process only shard i of N (see merge)."}
+    )
     drop_truncated_responses: bool = field(default=False, metadata={"help": "Eliminate answers cut by max tokens."})
 
 
