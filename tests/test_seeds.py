@@ -326,7 +326,7 @@ def test_unknown_extension_and_names_go_to_load_dataset(tmp_path, monkeypatch):
         return datasets.Dataset.from_list([{"text": "Hello there."}])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    tsv = tmp_path / "rows.tsv"
+    tsv = tmp_path / "rows.txt"  # a suffix teams-rl does not read itself
     tsv.write_text("text\nHello there.\n", encoding="utf-8")
     assert load_seeds(str(tsv), instruction_column="text", split="dev") == [
         Seed(_hash_id("Hello there."), "Hello there.", "")
@@ -400,3 +400,25 @@ def test_parse_shard_rejects(text):
     with pytest.raises(TeamsRLError) as info:
         parse_shard(text)
     assert info.value.field == "shard" and str(info.value).startswith("shard: ")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "where", "phrase"),
+    [
+        ("r.csv", "instruction,input\nOne.,a\nTwo.,b,extra\nThree.,c\n", "r.csv:3", "3 cells but the header has 2"),
+        ("r.tsv", "instruction\tinput\nOne.\ta\nTwo.\tb\tc\n", "r.tsv:3", "invalid TSV: 3 cells"),
+        ("q.csv", 'instruction,input\nOne.,a\n"Two, never closed.,b\nThree.,c\n', "q.csv:3", "never closed"),
+        ("q.tsv", 'instruction\tinput\n"Open\tx\n', "q.tsv:2", "invalid TSV: a quote"),
+        ("h.csv", '"instruction,input\nOne.,a\n', "h.csv:1", "never closed"),
+    ],
+)
+def test_ragged_rows_and_unterminated_quotes_name_their_line(tmp_path, name, content, where, phrase):
+    err = _err(tmp_path, name, content)
+    assert f"/{where}: " in str(err) and phrase in str(err)
+
+
+def test_tsv_seeds_are_read_with_their_lines(tmp_path):
+    path = tmp_path / "s.tsv"
+    path.write_text('instruction\tinput\nSort these.\t"3, 1,\n2"\nName a color.\n', encoding="utf-8")
+    seeds = load_seeds(str(path))
+    assert [(s.instruction, s.input) for s in seeds] == [("Sort these.", "3, 1,\n2"), ("Name a color.", "")]

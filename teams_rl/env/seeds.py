@@ -18,7 +18,7 @@ from teams_rl.core.refs import looks_like_path
 
 logger = logging.getLogger(__name__)
 
-_FILE_LOADERS = (".json", ".jsonl", ".csv", ".parquet")
+_FILE_LOADERS = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
 # `dataset_name: builtin` names the 80 seeds shipped inside the package, wherever it is installed.
 BUILTIN = "builtin"
 BUILTIN_PATH = Path(__file__).parent / "data" / "seeds.jsonl"
@@ -97,8 +97,13 @@ def _rows_json(text: str, source: str) -> Iterator[_Located]:
         yield item, None, row
 
 
-def _rows_csv(text: str, source: str, instruction_column: str) -> Iterator[_Located]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+def _rows_csv(text: str, source: str, instruction_column: str, delimiter: str = ",") -> Iterator[_Located]:
+    """Rows of a CSV (or, with a tab, TSV) file with the line each starts on. A row with more cells than the header,
+    or a quote left open to the end of the file, is an error naming its line: either means the file is not what
+    its writer meant, and guessing would put text in the wrong column."""
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    last_line = 0  # the line the previous row ended on
     try:
         header = next(reader)
         if instruction_column not in header:
@@ -110,10 +115,23 @@ def _rows_csv(text: str, source: str, instruction_column: str) -> Iterator[_Loca
             if not values:
                 continue
             row += 1
-            # Short rows leave trailing columns out (so a missing input reads as ""); extra cells are ignored.
+            if len(values) > len(header):
+                raise TeamsRLError(
+                    f"invalid {kind}: {len(values)} cells but the header has {len(header)} (a stray "
+                    f"{'tab' if delimiter == chr(9) else 'comma'} or an unquoted field?)",
+                    file=source,
+                    line=start,
+                )
+            # Short rows leave trailing columns out (so a missing input reads as "").
             yield dict(zip(header, values, strict=False)), start, row
     except csv.Error as exc:
-        raise TeamsRLError(f"invalid CSV: {exc}", file=source, line=reader.line_num) from None
+        if "unexpected end of data" in str(exc):
+            raise TeamsRLError(
+                f"invalid {kind}: a quote opened in the row starting here is never closed",
+                file=source,
+                line=last_line + 1,
+            ) from None
+        raise TeamsRLError(f"invalid {kind}: {exc}", file=source, line=reader.line_num) from None
 
 
 def _rows_parquet(path: Path, source: str) -> Iterator[_Located]:
@@ -151,7 +169,7 @@ def _rows_datasets(target: str, source: str, split: str, from_disk: bool) -> Ite
             raise TeamsRLError(
                 f"cannot load '{source}' (split '{split}') with datasets.load_dataset: {detail}. "
                 "A dataset name needs the Hugging Face Hub (or its local cache); offline, pass a local "
-                ".json/.jsonl/.csv/.parquet file or a save_to_disk folder instead",
+                ".json/.jsonl/.csv/.tsv/.parquet file or a save_to_disk folder instead",
                 file=source,
             ) from None
     return ((item, None, row) for row, item in enumerate(ds, 1))
@@ -173,7 +191,7 @@ def _raw_rows(source: str, split: str, instruction_column: str) -> Iterator[_Loc
             return _rows_jsonl(text, source)
         if suffix == ".json":
             return _rows_json(text, source)
-        return _rows_csv(text, source, instruction_column)
+        return _rows_csv(text, source, instruction_column, "\t" if suffix == ".tsv" else ",")
     if not path.exists() and looks_like_path(source):
         raise TeamsRLError("file not found", file=source)
     # An existing file with another suffix, or a Hub name: let datasets decide.
