@@ -106,7 +106,7 @@ def test_bounded_decorator_leaves_the_parent_untouched():
         ("synthesize/config_random.yaml", "shard", "3/2", "i/N"),
         ("sft/config_lora.yaml", "learning_rate", 0.0, "> 0"),
         ("sft/config_lora.yaml", "lr_scheduler_type", "sometimes", "one of"),
-        ("sft/config_lora.yaml", "test_split_size", 1.0, "(0, 1)"),
+        ("sft/config_lora.yaml", "test_split_size", 1.0, "[0, 1)"),
         ("policy/config_ppo.yaml", "kl_coef", -0.1, ">= 0"),
         ("policy/config_grpo.yaml", "num_generations", 1, ">= 2"),
     ],

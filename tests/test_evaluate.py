@@ -207,6 +207,9 @@ def test_evaluate_end_to_end_on_the_tiny_model(tiny_model_dir, adapter_dir, tmp_
     for name in ("benchmarks.png", "privacy_roc_neg_loss.png", "privacy_roc_min_k.png", "lengths.png"):
         assert (out / "plots" / name).stat().st_size > 1000
     assert main(argv)["created"] == results["created"]  # complete for this config: skipped, not recomputed
+    with pytest.raises(TeamsRLError, match=r"another configuration \(privacy_min_k: 0.2 -> 0.3\)"):
+        main([*argv, "--privacy_min_k", "0.3"])  # another config: refused, the results stay
+    assert json.loads((out / "results.json").read_text())["created"] == results["created"]
 
 
 @pytest.mark.parametrize("recipe", ["recipes/smollm2-135m/eval/config.yaml", "recipes/llama-3.1-8b/eval/config.yaml"])

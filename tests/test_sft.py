@@ -263,6 +263,33 @@ def test_resume_from_last_checkpoint_then_skip_when_complete(tiny_model_dir, tmp
     stamp = (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
     assert main(argv) == tmp_path / "adapter"  # complete: skipped, nothing rewritten
     assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    # Another recipe is refused while the finished adapter stands; --overwrite moves it aside and trains anew.
+    with pytest.raises(TeamsRLError, match=r"another configuration \(learning_rate: 0.0002 -> 0.001\)"):
+        main([*argv, "--learning_rate", "1e-3"])
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    fresh = Steps()
+    main([*argv, "--learning_rate", "1e-3", "--overwrite", "true"], callbacks=[fresh])
+    assert fresh.steps == [1, 2, 3, 4]  # not resumed from the old recipe's checkpoints: they moved too
+    [moved] = (tmp_path / "superseded").iterdir()
+    assert (moved / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    assert (moved / "checkpoint-2").is_dir() and "0.0002" in (moved / "config" / "sft.yaml").read_text()
+
+
+def test_checkpoints_of_another_recipe_are_not_resumed(tiny_model_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    from teams_rl.sft.train import main
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    argv = _args(tiny_model_dir, tmp_path, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
+    with pytest.raises(KeyboardInterrupt):
+        main(argv, callbacks=[Crash()])
+    with pytest.raises(TeamsRLError, match="max_steps: 4 -> 3"):
+        main([*argv[:-6], "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "2"])
 
 
 def test_accelerate_launch_with_cpu_config(tiny_model_dir, tmp_path):

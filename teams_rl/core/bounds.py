@@ -88,7 +88,6 @@ def any_value(why: str) -> Bound:
 
 
 PROBABILITY = between(0, 1, lo_open=True)  # top_p, a nucleus mass: 0 would keep nothing
-FRACTION = between(0, 1, lo_open=True, hi_open=True)  # a split fraction: both parts non-empty
 UNIT = between(0, 1)  # a weight, a threshold or a coefficient in [0, 1]
 COUNT = at_least(1)  # a count where 0 would mean nothing happens
 BUDGET = at_least(0)  # a budget, an index, a number of retries: 0 is meaningful

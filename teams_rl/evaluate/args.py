@@ -91,4 +91,10 @@ class EvalArguments:
         default=1000, metadata={"bound": COUNT, "help": "Bootstrap resamples for the AUC interval."}
     )
     plots: bool = field(default=True, metadata={"help": "Write PNG plots to OUTPUT_DIR/eval/plots."})
-    overwrite: bool = field(default=False, metadata={"help": "Re-run even if results.json matches this config."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Move a finished eval/ to OUTPUT_DIR/superseded/ and evaluate again. Without it a finished eval/ "
+            "made by this config is kept, and one made by another config is refused."
+        },
+    )

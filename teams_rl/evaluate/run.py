@@ -15,6 +15,7 @@ from pathlib import Path
 from teams_rl import __version__
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import atomic_write_text
+from teams_rl.core.guard import config_changes, move_aside, output_lock, refusal
 from teams_rl.core.layout import ROWS_FILE
 from teams_rl.core.recipes import located, parse_args, to_yaml
 from teams_rl.core.refs import looks_like_path, resolve_model, upstream_id
@@ -76,7 +77,8 @@ def describe_tuned(ref: str) -> dict:
 
 
 def _fingerprint(args: EvalArguments, tuned: dict | None) -> str:
-    parts = [json.dumps(dataclasses.asdict(args), sort_keys=True)]
+    settings = {k: v for k, v in dataclasses.asdict(args).items() if k != "overwrite"}  # how, not what
+    parts = [json.dumps(settings, sort_keys=True)]
     if tuned and os.path.isdir(tuned["path"]):  # a retrained adapter invalidates the results
         parts += [
             f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
@@ -122,11 +124,22 @@ def evaluate(args: EvalArguments) -> dict:
     tuned = describe_tuned(args.tuned_model) if args.tuned_model else None
     fingerprint = _fingerprint(args, tuned)
     previous = out / "results.json"
-    if previous.is_file() and not args.overwrite:
-        done = json.loads(previous.read_text(encoding="utf-8"))
-        if done.get("fingerprint") == fingerprint:
-            logger.warning("%s is complete for this config; skipping (--overwrite true to re-run)", previous)
-            return done
+    with output_lock(args.output_dir, "evaluate"):
+        if previous.is_file() and not args.overwrite:
+            done = json.loads(previous.read_text(encoding="utf-8"))
+            if done.get("fingerprint") == fingerprint:
+                logger.warning("%s is complete for this config; skipping (--overwrite true to re-run)", previous)
+                return done
+            record = out / "config" / "evaluate.yaml"
+            changes = config_changes(record.read_text(encoding="utf-8"), to_yaml(args)) if record.is_file() else []
+            raise refusal(out, changes or ["the tuned model's weights changed since"])
+        if previous.is_file():
+            move_aside(args.output_dir, [out])
+        return _evaluate(args, out, tuned, fingerprint, began)
+
+
+def _evaluate(args: EvalArguments, out: Path, tuned: dict | None, fingerprint: str, began: float) -> dict:
+    previous = out / "results.json"
     if not args.run_lm_eval and not args.privacy and not args.dataset:
         raise TeamsRLError(
             "nothing to do: run_lm_eval is false, privacy is false and no dataset is set", field="run_lm_eval"

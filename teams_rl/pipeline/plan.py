@@ -12,6 +12,7 @@ from pathlib import Path
 
 from teams_rl.core.bounds import one_of
 from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.layout import recipe_path
 from teams_rl.core.recipes import parse_args, recipe_line
 
 STAGE_ORDER = ("train-policy", "synthesize", "baseline", "sft", "evaluate", "push")
@@ -190,7 +191,7 @@ def plan(args: PipelineArguments, recipe: str | None = None) -> list[Stage]:
             "train-policy",
             [_launcher(args.policy_launcher, "teams_rl.policy", "train-policy") + argv],
             run / "policy" / "policy.json",
-            [run / "policy", run / "plots", run / "runs"],
+            [run / "policy", run / "plots", run / "runs", recipe_path(run, "train-policy")],
             r,
             argv,
         )
@@ -213,7 +214,7 @@ def plan(args: PipelineArguments, recipe: str | None = None) -> list[Stage]:
             name,
             commands,
             out / ("eval/metrics.json" if name == "baseline" else "dataset/summary.json"),
-            [out / "dataset", out / "eval"],
+            [out / "dataset", out / "eval", recipe_path(out, "synthesize")],
             r,
             argv,
         )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from teams_rl.core.errors import TeamsRLError
+from teams_rl.core.guard import move_aside
 from teams_rl.core.recipes import parse_args
 from teams_rl.pipeline.plan import PipelineArguments, Stage, plan, validate
 from teams_rl.pipeline.state import read_state, status_of, write_state
@@ -39,14 +40,9 @@ def _supersede(run_dir: Path, stages: list[Stage], first: str, state: dict) -> N
     names = [s.name for s in stages]
     if first not in names:
         raise TeamsRLError(f"--redo {first}: not a stage of this pipeline ({', '.join(names)})", field="redo")
-    moved = run_dir / "superseded" / time.strftime("%Y%m%d-%H%M%S")
-    for stage in stages[names.index(first) :]:
-        for path in stage.outputs:
-            if path.exists():
-                target = moved / path.relative_to(run_dir)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                path.rename(target)
-                logger.info("moved %s to %s", path, target)
+    later = stages[names.index(first) :]
+    move_aside(run_dir, [path for stage in later for path in stage.outputs])
+    for stage in later:
         state["stages"].pop(stage.name, None)
     write_state(run_dir, state)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from teams_rl.core.plotting import pyplot, save
 
+PLOT_FILES = ("reward.png", "action_mix.png")  # what plot_training writes, in this order
+
 
 def _smooth(values: Sequence[float], window: int) -> list[float]:
     out, total = [], 0.0
@@ -38,7 +40,7 @@ def plot_training(history: Sequence[dict], out_dir: str | Path, title: str = "")
     ax.set_title(f"Reward {title}".strip())
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    written = [save(fig, out_dir / "reward.png")]
+    written = [save(fig, out_dir / PLOT_FILES[0])]
 
     names = sorted({k[len("action_") :] for h in history for k in h if k.startswith("action_")})
     if names:
@@ -52,7 +54,7 @@ def plot_training(history: Sequence[dict], out_dir: str | Path, title: str = "")
         ax.set_ylim(0, 1)
         ax.set_title(f"Action mix {title}".strip())
         ax.legend(loc="upper left", fontsize=7, ncol=2)
-        written.append(save(fig, out_dir / "action_mix.png"))
+        written.append(save(fig, out_dir / PLOT_FILES[1]))
     return written
 
 

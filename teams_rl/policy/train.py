@@ -16,8 +16,8 @@ import yaml
 
 from teams_rl.core.bounds import BUDGET, COUNT, Bound, one_of
 from teams_rl.core.errors import TeamsRLError
-from teams_rl.core.files import atomic_write_text
-from teams_rl.core.layout import POLICY_DIR, recipe_path
+from teams_rl.core.guard import claim, output_lock
+from teams_rl.core.layout import PLOTS_DIR, POLICY_DIR, recipe_path
 from teams_rl.core.recipes import located, parse_args, role_arguments, role_settings, to_yaml
 from teams_rl.env.actions import Action
 from teams_rl.env.build import (
@@ -31,6 +31,8 @@ from teams_rl.env.build import (
 )
 from teams_rl.env.environment import EvolutionEnv, State
 from teams_rl.llm.ledger import Ledger, RoleClient
+from teams_rl.policy.instructor import POLICY_FILE
+from teams_rl.policy.plots import PLOT_FILES
 from teams_rl.policy.rollout import EpisodePool, PolicyReward
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,13 @@ class PolicyArguments:
             "bound": COUNT,
             "help": "Rewriter samples per (state, action): each step draws one of them (its index enters the "
             "request seed). Use explore's `samples` so its table answers training's depth-0 steps for free.",
+        },
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "A finished policy/ made by another recipe is refused; true moves it (its recipe and plots too) "
+            "to OUTPUT_DIR/superseded/ and trains a new one. The same recipe skips."
         },
     )
 
@@ -203,18 +212,37 @@ def main(argv: list[str] | None = None) -> Path:
     seed_args, policy_args, rewriter_args, reviewer_args, review_args, env_args, *configs = parsed
     with located(recipe):
         run_dir, seed, instructor = module.run_settings(*configs)
-        setup = build_setup(
-            run_dir, seed, instructor, seed_args, policy_args, rewriter_args, reviewer_args, review_args, env_args
-        )
-        try:
-            folder = module.train(setup, *configs)
-        finally:
-            setup.ledger.close()
-        atomic_write_text(
-            recipe_path(setup.run_dir, "train-policy"),
-            to_yaml(seed_args, policy_args, rewriter_args, reviewer_args, review_args, env_args, *configs),
-        )
-        return folder
+        run_dir, folder = Path(run_dir), Path(run_dir) / POLICY_DIR
+        with output_lock(run_dir, "train-policy"):
+            done = claim(
+                root=run_dir,
+                finished=folder / POLICY_FILE,
+                record=recipe_path(run_dir, "train-policy"),
+                config=to_yaml(seed_args, policy_args, rewriter_args, reviewer_args, review_args, env_args, *configs),
+                outputs=[folder, *(run_dir / PLOTS_DIR / name for name in PLOT_FILES)],
+                overwrite=policy_args.overwrite,
+            )
+            _wait_for_rank_zero()
+            if done:
+                logger.warning("%s is complete for this recipe; skipping (--overwrite true trains it again)", folder)
+                return folder
+            setup = build_setup(
+                run_dir, seed, instructor, seed_args, policy_args, rewriter_args, reviewer_args, review_args, env_args
+            )
+            try:
+                return module.train(setup, *configs)
+            finally:
+                setup.ledger.close()
+
+
+def _wait_for_rank_zero() -> None:
+    """Under ``accelerate launch`` the other ranks wait until rank 0 has claimed (or moved aside) the output."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
 
 
 def cli(argv: list[str]) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from trl import ScriptArguments, SFTConfig
 from trl.scripts.utils import DatasetConfig, DatasetMixtureConfig
 
-from teams_rl.core.bounds import COUNT, FRACTION, POSITIVE, TRAINING_ARGUMENTS, at_least, bounded
+from teams_rl.core.bounds import COUNT, POSITIVE, TRAINING_ARGUMENTS, at_least, between, bounded
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.recipes import inert, parse_args, recipe_line, validate_recipe
 from teams_rl.llm.model_config import LoraModelConfig
@@ -33,6 +33,14 @@ class SFTScriptArguments(ScriptArguments):
             "help": "auto: the base's own template, ChatML when it has none; model: require the base's own; chatml: "
             "always ChatML (turns end with <|im_end|> if the vocabulary has it, else with the base's EOS).",
             "choices": ["auto", "model", "chatml"],
+        },
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "A finished model (or checkpoints) in output_dir made by another recipe is refused; true moves "
+            "them to OUTPUT_DIR/superseded/ and trains anew. The same recipe skips a finished model and resumes "
+            "from its checkpoints."
         },
     )
     save_merged: bool = field(
@@ -76,7 +84,7 @@ class TeamsSFTConfig(SFTConfig):
     )
 
 
-@bounded(test_split_size=FRACTION)
+@bounded(test_split_size=between(0, 1, hi_open=True))  # 0: no eval split
 @dataclass
 class SplitMixtureConfig(DatasetMixtureConfig):
     """TRL's dataset mixture (``datasets``, ``streaming``, ``test_split_size``), with the split fraction bounded."""

@@ -15,10 +15,12 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from accelerate import PartialState
 from trl import SFTTrainer, get_peft_config
 
 from teams_rl.core.errors import TeamsRLError
-from teams_rl.core.files import atomic_folder, atomic_write_text, swap_in
+from teams_rl.core.files import atomic_folder, swap_in
+from teams_rl.core.guard import SUPERSEDED_DIR, claim, output_lock
 from teams_rl.core.plotting import pyplot, save
 from teams_rl.core.recipes import located
 from teams_rl.core.refs import resolve_model
@@ -78,9 +80,26 @@ def run(script_args, training_args, model_args, mixture, *, recipe: str | None =
     check_setup(training_args, model_args)
     out = Path(training_args.output_dir)
     final = out / ("adapter" if model_args.use_peft else "model")
-    if (final / "README.md").exists():
-        logger.warning("%s is complete; skipping (delete it to train again)", final)
-        return final
+    with output_lock(out, "sft"):
+        # A finished model, or checkpoints a resume would start from: either must come from this recipe.
+        checkpoint = last_complete_checkpoint(out) if out.is_dir() else None
+        marker = final / "README.md" if (final / "README.md").exists() or not checkpoint else Path(checkpoint)
+        claim(
+            root=out,
+            finished=marker,
+            record=out / "config" / "sft.yaml",
+            config=resolved_yaml(script_args, training_args, model_args, mixture),
+            outputs=[p for p in out.iterdir() if p.name not in (SUPERSEDED_DIR, "config", ".sft.lock")],
+            overwrite=script_args.overwrite,
+        )
+        PartialState().wait_for_everyone()  # the other ranks start once rank 0 has claimed the folder
+        if (final / "README.md").exists():
+            logger.warning("%s is complete for this recipe; skipping (--overwrite true trains it again)", final)
+            return final
+        return _train(script_args, training_args, model_args, mixture, recipe, argv, callbacks, out, final)
+
+
+def _train(script_args, training_args, model_args, mixture, recipe, argv, callbacks, out: Path, final: Path):
     trainer, sources, template, path = build_trainer(script_args, training_args, model_args, mixture, callbacks)
     tokenizer, eval_set = trainer.processing_class, trainer.eval_dataset
     last = last_complete_checkpoint(out)
@@ -119,7 +138,6 @@ def run(script_args, training_args, model_args, mixture, *, recipe: str | None =
     if script_args.save_merged and model_args.use_peft:
         _merge(final, path, model_args, training_args, tokenizer, out / "merged", facts)
     plot_loss(trainer.state.log_history, out / "plots" / "loss.png", title=out.name)
-    atomic_write_text(out / "config" / "sft.yaml", resolved_yaml(script_args, training_args, model_args, mixture))
     logger.info(
         "SFT done: %s (%s)", final, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
     )

@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 
 from teams_rl.core.bounds import BUDGET, COUNT, POSITIVE, SHARD
 from teams_rl.core.errors import BudgetExhausted
-from teams_rl.core.files import atomic_write_text
-from teams_rl.core.layout import DATASET_DIR, SHARDS_DIR, recipe_path
+from teams_rl.core.guard import claim, output_lock
+from teams_rl.core.layout import DATASET_DIR, SHARDS_DIR, SUMMARY_FILE, recipe_path
 from teams_rl.core.recipes import located, parse_args, role_arguments, role_settings, to_yaml
 from teams_rl.core.refs import upstream_id
 from teams_rl.env.build import (
@@ -72,6 +72,13 @@ class SynthesisArguments:
         default=None, metadata={"bound": SHARD, "help": "'i/N': process only shard i of N (see merge)."}
     )
     drop_truncated_responses: bool = field(default=False, metadata={"help": "Eliminate answers cut by max tokens."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "A finished dataset made by another recipe is refused; true moves it (and its saved recipe) to "
+            "OUTPUT_DIR/superseded/ and makes a new one. The same recipe resumes without it."
+        },
+    )
 
 
 ARGUMENTS = (SeedArguments, SynthesisArguments, ExpertArguments, ReviewerArguments, ReviewArguments, EnvArguments)
@@ -116,6 +123,22 @@ def synthesize(
     run_dir = Path(args.output_dir)
     shard = parse_shard(args.shard) if args.shard else None
     out = run_dir / DATASET_DIR if shard is None else run_dir / SHARDS_DIR / f"{shard[0]}-of-{shard[1]}" / DATASET_DIR
+    suffix = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
+    with output_lock(run_dir, f"synthesize{suffix}"):
+        claim(
+            root=run_dir,
+            finished=out / SUMMARY_FILE,
+            record=recipe_path(run_dir, "synthesize", suffix),
+            config=to_yaml(seed_args, args, expert_args, reviewer_args, review_args, env_args),
+            outputs=[out],
+            overwrite=args.overwrite,
+        )
+        return _synthesize(seed_args, args, expert_args, reviewer_args, review_args, env_args, recipe, out, began)
+
+
+def _synthesize(seed_args, args, expert_args, reviewer_args, review_args, env_args, recipe, out: Path, began: float):
+    run_dir = Path(args.output_dir)
+    shard = parse_shard(args.shard) if args.shard else None
     seeds = select_seeds(seed_args)
     if shard is not None:
         seeds = shard_seeds(seeds, *shard)
@@ -186,13 +209,7 @@ def synthesize(
         "wall_s": time.perf_counter() - began,
         "lineage": lineage,
     }
-    write_dataset(out, rows, rejected, summary)
-    # The resolved recipe sits next to what it produced; written last so a failed run never replaces it.
-    suffix = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
-    atomic_write_text(
-        recipe_path(run_dir, "synthesize", suffix),
-        to_yaml(seed_args, args, expert_args, reviewer_args, review_args, env_args),
-    )
+    write_dataset(out, rows, rejected, summary)  # its recipe was saved by claim() before the first call
     return summary
 
 
