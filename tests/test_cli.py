@@ -138,8 +138,7 @@ def test_unreachable_server_is_one_line_and_keeps_the_previous_dataset(tmp_path)
     dataset = out / "dataset"
     dataset.mkdir(parents=True)
     (dataset / "rows.jsonl").write_text('{"id": "earlier"}\n', encoding="utf-8")
-    (out / "config").mkdir()
-    (out / "config" / "synthesize.yaml").write_text("earlier: true\n", encoding="utf-8")
+    (dataset / "summary.json").write_text("{}", encoding="utf-8")
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -149,7 +148,14 @@ def test_unreachable_server_is_one_line_and_keeps_the_previous_dataset(tmp_path)
         f"expert_base_url: http://127.0.0.1:{port}/v1\nreviewer_modes: embedding\n",
         encoding="utf-8",
     )
+    # The earlier dataset was finished by this same recipe (a different one would be refused before any call).
+    from teams_rl.core.recipes import parse_args, to_yaml
+    from teams_rl.synthesize.run import ARGUMENTS
+
+    earlier = to_yaml(*parse_args(ARGUMENTS, ["--config", str(recipe)])[0])
+    (out / "config").mkdir()
+    (out / "config" / "synthesize.yaml").write_text(earlier, encoding="utf-8")
     line = _error_line(cli("synthesize", "--config", str(recipe)))
     assert f"{recipe}:5: expert_base_url:" in line and f"127.0.0.1:{port}" in line
     assert (dataset / "rows.jsonl").read_text(encoding="utf-8") == '{"id": "earlier"}\n'
-    assert (out / "config" / "synthesize.yaml").read_text(encoding="utf-8") == "earlier: true\n"
+    assert (out / "config" / "synthesize.yaml").read_text(encoding="utf-8") == earlier
