@@ -1,4 +1,5 @@
-"""A real OpenAI-compatible HTTP server on 127.0.0.1 for tests and benches: replies, latency, failures, logprobs."""
+"""A real OpenAI-compatible HTTP server on 127.0.0.1 for tests and benches: replies, latency, failures, broken
+answers, trickles, logprobs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 Messages = list[dict[str, str]]
 
 DEFAULT_TOP_LOGPROBS: list[tuple[str, float]] = [("Yes", -0.1), (" yes", -2.5), ("No", -2.4), ("Maybe", -5.0)]
+FAULTS = ("drop", "disconnect", "invalid_json", "not_json", "empty_choices", "no_content", "refusal")
 
 
 class _Server(ThreadingHTTPServer):
@@ -26,11 +28,20 @@ class FakeOpenAIServer:
     - ``reply(messages) -> text``; tokens are whitespace-separated words, and a reply longer than ``max_tokens``
       is cut to ``max_tokens`` words with ``finish_reason="length"``.
     - ``latency_s``: fixed sleep per answered request.
+    - ``trickle_s``: answered bodies go out in ``trickle_chunks`` pieces spread over this many seconds (the headers
+      first), so no single read waits long but the whole answer does; ``stop()`` cuts a trickle short.
     - ``failures``: a script consumed one entry per request received, in arrival order: an HTTP status (429 answers
-      with ``Retry-After: <retry_after>``; any other status with an OpenAI-style error body) or ``None`` to answer
-      normally. ``failures=[429, 500]`` fails the first two requests.
-    - ``fail(body) -> status | None``: fails every request it picks (checked after ``failures``), e.g. one prompt
-      that always gets a 500, or a 400 for any request that asks for logprobs.
+      with ``Retry-After: <retry_after>``, or none when ``retry_after=None``; any other status with an OpenAI-style
+      error body), a fault name from ``FAULTS``, or ``None`` to answer normally. ``failures=[429, 500]`` fails the
+      first two requests, ``failures=["drop"]`` breaks the first one's body.
+    - ``fail(body) -> status | fault | None``: fails every request it picks (checked after ``failures``), e.g. one
+      prompt that always gets a 500, or a 400 for any request that asks for logprobs.
+    - Faults (``FAULTS``), each an answer with status 200 unless said otherwise: ``"drop"`` sends the headers and
+      half the JSON body, then closes the socket; ``"disconnect"`` closes the socket without answering;
+      ``"invalid_json"`` sends a body that does not parse, as ``application/json``; ``"not_json"`` sends an HTML
+      page as ``text/html`` (a proxy's page); ``"empty_choices"`` sends ``"choices": []``; ``"no_content"`` sends a
+      choice whose message has ``content: null`` and no ``finish_reason``; ``"refusal"`` one with ``content: null``,
+      a ``refusal`` text and ``finish_reason="stop"`` (OpenAI's structured refusals).
     - ``hang(messages) -> bool``: such requests sleep ``hang_s`` (longer than the client's timeout) before answering;
       ``stop()`` wakes them, so hangs never outlive the server.
     - ``content_filter(messages) -> bool``: such requests end with ``finish_reason="content_filter"`` and no content.
@@ -45,8 +56,10 @@ class FakeOpenAIServer:
         self,
         reply: Callable[[Messages], str] | None = None,
         latency_s: float = 0.0,
-        failures: Sequence[int | None] = (),
-        fail: Callable[[dict[str, Any]], int | None] | None = None,
+        trickle_s: float = 0.0,
+        trickle_chunks: int = 10,
+        failures: Sequence[int | str | None] = (),
+        fail: Callable[[dict[str, Any]], int | str | None] | None = None,
         retry_after: str | None = "0",
         hang: Callable[[Messages], bool] | None = None,
         hang_s: float = 10.0,
@@ -59,7 +72,12 @@ class FakeOpenAIServer:
     ):
         self.reply = reply or (lambda messages: "ok")
         self.latency_s = latency_s
+        self.trickle_s = trickle_s
+        self.trickle_chunks = trickle_chunks
         self.failures = list(failures)
+        unknown = [f for f in self.failures if isinstance(f, str) and f not in FAULTS]
+        if unknown:
+            raise ValueError(f"unknown faults {unknown}; choose from {FAULTS}")
         self.fail = fail
         self.retry_after = retry_after
         self.hang = hang
@@ -114,24 +132,41 @@ class FakeOpenAIServer:
 
     # ------------------------------------------------------------------ request handling
 
-    def _next_failure(self, body: dict[str, Any]) -> int | None:
+    def _next_failure(self, body: dict[str, Any]) -> int | str | None:
         with self._lock:
             if self.failures:
                 return self.failures.pop(0)
         return self.fail(body) if self.fail is not None else None
 
-    def _respond(self, body: dict[str, Any], auth: str) -> tuple[int, dict[str, Any], dict[str, str]]:
-        """(status, payload, headers) of one request, after any scripted failure, hang or latency."""
+    def _respond(self, body: dict[str, Any], auth: str) -> tuple[int, dict[str, Any] | bytes, dict[str, str], str]:
+        """(status, payload, headers, fault or "") of one request, after any scripted failure, hang or latency.
+
+        A bytes payload goes out as it is; the handler carries out ``drop`` and ``disconnect``."""
         failure = self._next_failure(body)
-        if failure is not None:
+        if isinstance(failure, int):
             headers = {"Retry-After": self.retry_after} if failure == 429 and self.retry_after else {}
             error = {"message": self.error_body(failure, auth), "type": "injected", "code": str(failure)}
-            return failure, {"error": error}, headers
+            return failure, {"error": error}, headers, ""
+        if failure == "disconnect":
+            return 0, b"", {}, failure
+        if failure == "invalid_json":
+            return 200, b'{"id": "chatcmpl-fake", "choices": [{"index": 0, "message": {"role": ', {}, ""
+        if failure == "not_json":
+            page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+            return 200, page, {"Content-Type": "text/html"}, ""
         if self.hang is not None and self.hang(body.get("messages", [])):
             self._stopping.wait(self.hang_s)  # bounded, and cut short by stop()
         if self.latency_s:
             time.sleep(self.latency_s)
-        return 200, self._answer(body), {}
+        answer = self._answer(body)
+        if failure == "empty_choices":
+            answer["choices"] = []
+        elif failure == "no_content":
+            answer["choices"][0]["message"]["content"] = None
+            answer["choices"][0]["finish_reason"] = None
+        elif failure == "refusal":
+            answer["choices"][0]["message"].update(content=None, refusal="I can't help with that.")
+        return 200, answer, {}, failure or ""
 
     def _answer(self, body: dict[str, Any]) -> dict[str, Any]:
         messages = body.get("messages", [])
@@ -189,18 +224,46 @@ class FakeOpenAIServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output clean
 
-            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(payload).encode()
+            def _send(
+                self,
+                status: int,
+                payload: dict[str, Any] | bytes,
+                headers: dict[str, str] | None = None,
+                fault: str = "",
+            ) -> None:
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                headers = {"Content-Type": "application/json", **(headers or {})}
                 try:
+                    if fault == "disconnect":
+                        self.close_connection = True  # no answer at all: the handler closes the socket
+                        return
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
-                    for name, value in (headers or {}).items():
+                    for name, value in headers.items():
                         self.send_header(name, value)
                     self.end_headers()
+                    if fault == "drop":  # the promised length never arrives: half the body, then the socket closes
+                        self.wfile.write(data[: len(data) // 2])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return
+                    if fake.trickle_s > 0:
+                        self.wfile.flush()
+                        self._trickle(data)
+                        return
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout) before we answered
+
+            def _trickle(self, data: bytes) -> None:
+                chunks = max(1, fake.trickle_chunks)
+                size = -(-len(data) // chunks)
+                for start in range(0, len(data), size):
+                    if fake._stopping.wait(fake.trickle_s / chunks):
+                        self.close_connection = True
+                        return
+                    self.wfile.write(data[start : start + size])
+                    self.wfile.flush()
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -221,12 +284,12 @@ class FakeOpenAIServer:
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 try:
-                    status, payload, headers = fake._respond(body, auth)
+                    status, payload, headers, fault = fake._respond(body, auth)
                 finally:
                     # Counted out before the answer is written: the client cannot start its next request while
                     # this one still counts, so max_in_flight never over-reports.
                     with fake._lock:
                         fake.in_flight -= 1
-                self._send(status, payload, headers)
+                self._send(status, payload, headers, fault)
 
         return Handler

@@ -283,3 +283,69 @@ def test_404_names_the_model_or_the_url_field():
             root.generate([ask("a")])
     assert model_error.value.field == "expert_model"
     assert route_error.value.field == "expert_base_url"
+
+
+# ---------------------------------------------------------------------------------------------- broken answers
+
+
+def test_a_body_that_is_not_json_is_retried_then_recorded_never_raised():
+    with FakeOpenAIServer(failures=["invalid_json", "not_json"], reply=lambda m: "recovered") as server:
+        (result,) = backend(server).generate([ask("hi")])
+    assert (result.ok, result.text, server.requests) == (True, "recovered", 3)
+    with FakeOpenAIServer(fail=lambda body: "invalid_json") as server:
+        b = backend(server, max_retries=1)
+        (generated,) = b.generate([ask("hi")])
+        (scored,) = b.score([judge("hi")])
+    assert not generated.ok and generated.error.startswith("bad response: invalid JSON (JSONDecodeError")
+    assert not scored.ok and "invalid JSON" in scored.error
+    assert server.requests == 2 + 2  # bounded: 1 + max_retries each
+    with FakeOpenAIServer(fail=lambda body: "not_json") as server:
+        (page,) = backend(server, max_retries=0).generate([ask("hi")])
+    assert not page.ok and page.error.startswith("bad response: not JSON (<html>") and server.requests == 1
+
+
+def test_a_connection_dropped_mid_body_or_before_answering_is_retried():
+    with FakeOpenAIServer(failures=["drop", "disconnect"], reply=lambda m: "recovered") as server:
+        (result,) = backend(server).generate([ask("hi")])
+    assert (result.ok, result.text, server.requests) == (True, "recovered", 3)
+    with FakeOpenAIServer(fail=lambda body: "drop") as server:
+        (result,) = backend(server, max_retries=1).generate([ask("hi")])
+    assert not result.ok and server.requests == 2
+    assert result.error.startswith("connection error: RemoteProtocolError: ")  # with what the transport said
+    assert "\n" not in result.error
+
+
+def test_answers_with_nothing_in_them_are_errors_not_empty_successes():
+    with FakeOpenAIServer(failures=["empty_choices", "no_content", "refusal"]) as server:
+        b = backend(server, concurrency=1)
+        results = [b.generate([ask(f"q{i}")])[0] for i in range(3)]
+    assert [r.ok for r in results] == [False, False, False]
+    assert [r.text for r in results] == ["", "", ""] and all(r.finish_reason == "error" for r in results)
+    no_choices, no_content, refused = (r.error for r in results)
+    assert no_choices == "bad response: no choices"
+    assert no_content == "bad response: no content (finish_reason None)"
+    assert refused == "refused: I can't help with that."
+    assert server.requests == 3  # not retried: the same request would get the same answer
+
+
+def test_a_slow_trickle_succeeds_within_the_timeout_and_times_out_past_it():
+    with FakeOpenAIServer(trickle_s=0.3, reply=lambda m: "slowly") as server:
+        start = time.perf_counter()
+        (result,) = backend(server, timeout_s=2.0).generate([ask("hi")])
+    assert result.ok and result.text == "slowly" and time.perf_counter() - start >= 0.3
+    # Pieces 0.1 s apart never trip a per-read timeout of 0.5 s; the whole answer would take 2 s.
+    with FakeOpenAIServer(trickle_s=2.0, trickle_chunks=20) as server:
+        start = time.perf_counter()
+        (result,) = backend(server, timeout_s=0.5, max_retries=0).generate([ask("hi")])
+        elapsed = time.perf_counter() - start
+    assert not result.ok and result.error == "timeout after 0.5s"
+    assert elapsed < 1.5
+
+
+def test_a_key_echoed_across_the_error_length_cut_leaves_no_part_of_it(all_logs):
+    # The key starts 8 characters before the 200-character cut: masking after cutting would leave those behind.
+    echo = lambda status, auth: "x" * (192 - len("Bearer ")) + auth  # noqa: E731
+    with FakeOpenAIServer(failures=[500], error_body=echo) as server:
+        (result,) = backend(server, max_retries=0).generate([ask("a")])
+    assert not result.ok and result.error.endswith("Bearer ***")
+    assert KEY[:8] not in result.error and KEY[:8] not in all_logs.text

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import email.utils
+import json
 import logging
 import math
 import os
@@ -33,6 +34,10 @@ _SPACE_MARKERS = str.maketrans({"\u0120": " ", "\u2581": " "})
 _ANSWER_STRIP = " \t\n\"'`*_.,:;!()[]"  # markdown and punctuation around a text answer ("**Yes.**")
 
 
+class _NotJSON(Exception):
+    """A 200 whose body is not JSON at all (a proxy's HTML page): the client hands it back as text."""
+
+
 class _Fatal(Exception):
     """Carries a TeamsRLError out of one request so the whole batch stops (the server is unusable, not flaky)."""
 
@@ -48,8 +53,11 @@ class OpenAIBackend:
     object, so it cannot leak through ``repr``, results or pickles; server messages that echo it are scrubbed.
     ``role`` (e.g. ``"expert"``) prefixes the config field named in errors (``expert_base_url``).
 
-    Per-request failures (retries exhausted, timeouts, 4xx other than 401/403/404) come back as results with
-    ``error`` set. An unreachable server, a rejected key or a 404 raise ``TeamsRLError`` and stop the batch.
+    Per-request failures come back as results with ``error`` set, and the batch goes on. Transient ones (429, 408,
+    409, 5xx, timeouts, a connection that broke mid-answer, a body that is not JSON) are retried first, at most
+    ``max_retries`` times; the rest (other 4xx, an answer with no choices or no content) are not. ``timeout_s``
+    bounds each attempt as a whole, so a server trickling its answer cannot stretch it. An unreachable server, a
+    rejected key or a 404 raise ``TeamsRLError`` and stop the batch.
 
     Retries are ours, not the client's (it is built with ``max_retries=0``): the client also retries connection
     refusals (a wrong URL would then hang for seconds before failing), treats ``Retry-After: 0`` as "use the
@@ -149,9 +157,20 @@ class OpenAIBackend:
             return GenerationResult(text="", finish_reason="error", latency_s=latency, error=error)
         prompt_tokens, completion_tokens = _usage(resp)
         choice = resp.choices[0]
-        # content is null on a content_filter stop; a missing finish_reason (some servers) means it simply ended.
-        text = getattr(getattr(choice, "message", None), "content", None) or ""
-        finish = str(getattr(choice, "finish_reason", None) or "stop")
+        message = getattr(choice, "message", None)
+        content = getattr(message, "content", None)
+        text = content or ""
+        reason = getattr(choice, "finish_reason", None)
+        # content is null on a content_filter stop (and may be on a length stop: a reasoning model that spent its
+        # tokens thinking); a missing finish_reason (some servers) means it simply ended. Anything else with no
+        # text (a refusal, a message without content) is a failed call, never a silently empty success.
+        if not text and (content is None or reason is None) and reason not in ("length", "content_filter"):
+            refusal = getattr(message, "refusal", None)
+            error = (
+                f"refused: {_short(refusal, key)}" if refusal else f"bad response: no content (finish_reason {reason})"
+            )
+            return GenerationResult(text="", finish_reason="error", latency_s=latency, error=error)
+        finish = str(reason or "stop")
         return GenerationResult(text, finish, prompt_tokens, completion_tokens, latency_s=latency)
 
     async def _score_one(self, client, req: ScoreRequest, sem, stop, key: str) -> ScoreResult:
@@ -200,6 +219,8 @@ class OpenAIBackend:
                     # httpx timeouts bound each read, not the whole exchange; a trickling server could exceed them.
                     async with asyncio.timeout(self.timeout_s):
                         resp = await client.chat.completions.create(**kwargs)
+                    if isinstance(resp, str):
+                        raise _NotJSON(resp)
                     return resp, None, time.perf_counter() - t0
                 except Exception as exc:
                     try:
@@ -223,13 +244,19 @@ class OpenAIBackend:
             return f"timeout after {self.timeout_s:g}s", True, None
         if isinstance(exc, openai.APIConnectionError):
             if _is_unreachable(exc):
-                cause = " ".join(str(exc.__cause__).split())[:_MAX_ERROR_CHARS] or _cause_name(exc)
+                cause = _short(exc.__cause__ or "", key) or _cause_name(exc)
                 what = f"cannot reach the OpenAI-compatible server at {self._where} ({cause})"
                 raise self._fatal(f"{what}; is it running, and is the URL right?", "base_url") from None
-            # The connection broke mid-exchange (server restart, stale keep-alive): worth another try.
-            return f"connection error: {_cause_name(exc)}", True, None
+            # The connection broke mid-exchange (server restart, stale keep-alive, an answer cut short): worth
+            # another try.
+            detail = _short(exc.__cause__ or "", key)
+            return f"connection error: {_cause_name(exc)}{f': {detail}' if detail else ''}", True, None
+        if isinstance(exc, _NotJSON):  # a proxy or gateway answering for a server that is down: may pass
+            return f"bad response: not JSON ({_short(exc, key) or 'empty body'})", True, None
+        if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):  # a body cut short or garbled on the way
+            return f"bad response: invalid JSON ({type(exc).__name__}: {_short(exc, key)})", True, None
         if isinstance(exc, openai.APIStatusError):
-            status, message = exc.status_code, _scrub(_status_message(exc), key)
+            status, message = exc.status_code, _status_message(exc, key)
             if status in (401, 403):
                 what = f"rejected the API key from ${self.api_key_env} (http {status})"
                 raise self._fatal(f"the server at {self._where} {what}", "api_key_env") from None
@@ -243,7 +270,7 @@ class OpenAIBackend:
             retry_after = _retry_after(exc.response.headers) if retriable else None
             return f"{'rate limited' if status == 429 else f'http {status}'}: {message}", retriable, retry_after
         if isinstance(exc, openai.APIError):  # e.g. a 200 whose body the client could not read
-            return f"bad response: {_scrub(' '.join(str(exc).split()), key)[:_MAX_ERROR_CHARS]}", False, None
+            return f"bad response: {_short(exc, key)}", False, None
         raise exc
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -334,12 +361,18 @@ def _cause_name(exc: Exception) -> str:
     return type(exc.__cause__ or exc).__name__
 
 
-def _status_message(exc: Any) -> str:
-    """The server's own error message, short: the openai client put the inner ``error`` object in ``body``."""
+def _status_message(exc: Any, key: str) -> str:
+    """The server's own error message, short: the openai client put the inner ``error`` object in ``body``.
+
+    Scrubbed before it is cut, so a key that straddles the cut cannot leave its first characters behind."""
     body = exc.body
     message = body.get("message") if isinstance(body, dict) else body
-    text = " ".join(str(message if message else exc.message).split())
-    return text[:_MAX_ERROR_CHARS]
+    return _short(message if message else exc.message, key)
+
+
+def _short(text: object, key: str) -> str:
+    """One line of a server's or an exception's text for an error: scrubbed of the key, then cut short."""
+    return _scrub(" ".join(str(text).split()), key)[:_MAX_ERROR_CHARS]
 
 
 def _scrub(text: str, key: str) -> str:
