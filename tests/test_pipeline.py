@@ -314,7 +314,10 @@ def test_changed_recipe_is_refused_until_redo_which_reruns_from_that_stage(finis
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ({"stages": ["synthesize", "polish"]}, "unknown stage 'polish'"),
+        (
+            {"stages": ["synthesize", "polish"]},
+            "stages: must be one of train-policy, synthesize, baseline, sft, evaluate, push, got 'polish'",
+        ),
         ({"sft_overrides": ["output_dir=elsewhere"]}, "'output_dir' is set by the pipeline"),
         ({"sft_overrides": ["max_stepz=3"]}, "max_stepz"),
         ({"synth_recipe": "x.yaml"}, "synth_recipe: unknown key"),

@@ -171,6 +171,8 @@ def check_value(f: dataclasses.Field, typ, value) -> str | None:
     bound = bound_of(f, typ)
     if bound is None:
         return None
+    if isinstance(value, list | tuple):  # name the element at fault, not the whole list
+        value = next((v for v in value if bound.problem(v)), None)
     if isinstance(value, enum.Enum):
         value = value.value
     problem = bound.problem(value)
