@@ -11,6 +11,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
+from teams_rl.core import secrets
 from teams_rl.core.errors import TeamsRLError
 
 # Known harmless messages printed between progress bars, matched by text and category (never all warnings).
@@ -54,8 +55,10 @@ def prepare_process() -> None:
     """Set what must be set before torch is imported, once per process, and quiet the known harmless noise.
 
     With spinning OpenMP threads (the default) small matmuls on a 2-core machine hit a ~15 ms floor and generation
-    runs ~5x slower, so ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose otherwise.
+    runs ~5x slower, so ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose otherwise. API keys and tokens are masked
+    in every log record, warning and traceback from here on (``secrets.install``).
     """
+    secrets.install()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -84,6 +87,7 @@ def setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    secrets.install()  # keys masked in every record (and on the handler basicConfig just made)
     for noisy in _QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -103,7 +107,7 @@ def run_stage(target: str | Callable[[list[str]], object], argv: Sequence[str] |
     try:
         resolve(target)(list(sys.argv[1:] if argv is None else argv))
     except TeamsRLError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {secrets.mask(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished calls are in the ledger; re-run the same command to resume", file=sys.stderr)

@@ -300,19 +300,19 @@ def located(recipe: str | None) -> Iterator[None]:
         raise locate(err, recipe) from None
 
 
-_URL_SECRET = re.compile(r"(://)[^/@\s]+@")
-
-
 def to_yaml(*instances) -> str:
-    """The resolved recipe as YAML, for the run folder: it parses back as a recipe (no inert keys). URL credentials
-    are masked; keys never live here."""
+    """The resolved recipe as YAML, for the run folder: it parses back as a recipe (no inert keys). Keys never live
+    in a recipe (``<role>_api_key_env`` names a variable); URL credentials, the values of those variables and
+    anything shaped like a key are masked (``secrets.mask``)."""
+    from teams_rl.core import secrets
+
     merged: dict = {}
     skip = inert_keys([type(inst) for inst in instances])
     for inst in instances:
         for key, value in dataclasses.asdict(inst).items():
             if key in skip:
                 continue
-            if isinstance(value, str):
-                value = _URL_SECRET.sub(r"\1***@", value)
+            if key.endswith("_api_key_env") and isinstance(value, str):
+                secrets.register_env(value)
             merged[key] = value
-    return yaml.safe_dump(merged, sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(secrets.mask_data(merged), sort_keys=False, allow_unicode=True)

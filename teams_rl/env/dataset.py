@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from teams_rl.core import secrets
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import atomic_folder, read_jsonl, write_jsonl
 from teams_rl.core.layout import REJECTED_FILE, ROWS_FILE, SUMMARY_FILE
@@ -13,9 +14,17 @@ from teams_rl.core.layout import REJECTED_FILE, ROWS_FILE, SUMMARY_FILE
 
 def write_dataset(folder: str | Path, rows: Sequence[dict], rejected: Sequence[dict], summary: dict) -> Path:
     """Write ``folder`` as a complete unit (see ``atomic_folder``): ``datasets`` files (``load_from_disk``),
-    ``rows.jsonl``, ``rejected.jsonl`` and ``summary.json``."""
+    ``rows.jsonl``, ``rejected.jsonl`` and ``summary.json``. A full disk or a read-only folder raises one
+    ``TeamsRLError`` and leaves the previous folder as it was.
+
+    Known secrets (API keys, tokens, URL credentials) are masked: by exact value in what the models wrote (rows,
+    rejected rows), by value and by shape in the summary."""
     import datasets
 
+    values = secrets.secret_values()
+    rows = secrets.mask_data(list(rows), known_only=True, values=values)
+    rejected = secrets.mask_data(list(rejected), known_only=True, values=values)
+    summary = secrets.mask_data(summary, values=values)
     with atomic_folder(folder) as tmp:
         table = datasets.Dataset.from_list(list(rows)) if rows else datasets.Dataset.from_dict({"id": []})
         # one shard even when empty: datasets writes no shard for 0 rows and then cannot load the folder back
@@ -32,7 +41,13 @@ def load_rows(folder: str | Path) -> tuple[list[dict], list[dict], dict]:
     if not (folder / ROWS_FILE).exists():
         raise TeamsRLError("not a teams-rl dataset folder (no rows.jsonl); run synthesize first", file=str(folder))
     summary_path = folder / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TeamsRLError(
+            f"damaged ({err}): re-run the stage that wrote this folder (its LLM calls are in the ledger)",
+            file=str(summary_path),
+        ) from None
     return read_jsonl(folder / ROWS_FILE), read_jsonl(folder / REJECTED_FILE), summary
 
 

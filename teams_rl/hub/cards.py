@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from teams_rl.core import secrets
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.layout import PLOTS_DIR, RESULTS_FILE, recipe_path, stage_of_recipe
 from teams_rl.core.markdown import markdown_table, render
@@ -220,7 +221,7 @@ def dataset_card(
     compute_metrics: bool,
 ) -> tuple[str, bool]:
     """The dataset card's body; the files it shows or names are added to ``files``. Also says whether the seeds are
-    the package's own (the data's licence is then the project's)."""
+    the package's own (the data's licence is then the project's). Keys and URL credentials are masked."""
     from teams_rl.core.versions import framework_versions
     from teams_rl.env.actions import load_actions
     from teams_rl.policy.instructor import POLICY_FILE, read_policy_meta
@@ -292,7 +293,7 @@ def dataset_card(
         if recipe
         else expert == upstream_id("smollm2-135m"),
     )
-    return body, ours
+    return secrets.mask(body), ours
 
 
 def dataset_metadata(card_data, *, n_rows: int, title: str, seeds_ours: bool) -> None:
@@ -354,4 +355,4 @@ def model_card(
         "plots": _plots(plots),
         "recipes": reproduce(recipes),
     }
-    return render_model_card(facts, hub=hub, library=library)
+    return secrets.mask(render_model_card(facts, hub=hub, library=library))

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from teams_rl.core import secrets
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.layout import HUB_FILE, ROWS_FILE
 from teams_rl.env.dataset import load_rows
@@ -36,22 +37,22 @@ def _require_token() -> None:
 
 
 def _refuse_secrets(paths: Iterable[Path | bytes], texts: Iterable[str] = ()) -> None:
-    """Never upload the Hub token: a recipe or log that captured it stops the push (weights are not read)."""
+    """Never upload the Hub token or an API key (``secrets.secret_values``): a recipe or log that captured one stops
+    the push (weights are not read)."""
     from huggingface_hub import get_token
 
-    needle = (get_token() or "").encode()
-    if not needle:
+    needles = [v.encode() for v in dict.fromkeys([get_token() or "", *secrets.secret_values()]) if v]
+    if not needles:
         return
     for path in paths:
-        if (
-            isinstance(path, Path)
-            and path.is_file()
-            and path.stat().st_size < 64 << 20
-            and needle in path.read_bytes()
-        ):
-            raise TeamsRLError("this file holds your Hub token: refusing to upload it", file=str(path))
-    if any(needle in text.encode() for text in texts):
-        raise TeamsRLError("a card would hold your Hub token: refusing to upload it")
+        if isinstance(path, Path) and path.is_file() and path.stat().st_size < 64 << 20:
+            data = path.read_bytes()
+            if any(needle in data for needle in needles):
+                raise TeamsRLError(
+                    "this file holds your Hub token or an API key: refusing to upload it", file=str(path)
+                )
+    if any(needle in text.encode() for text in texts for needle in needles):
+        raise TeamsRLError("a card would hold your Hub token or an API key: refusing to upload it")
 
 
 @contextmanager
@@ -145,6 +146,7 @@ def _done(root: Path, kind: str, repo_id: str, revision: str | None, commit: str
         "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": str(source),
     }
+    entry = secrets.mask_data(entry)  # hub.json: an endpoint or a path could carry credentials
     record_push(root, kind, entry)
     logger.info("pushed %s to %s (commit %s); recorded in %s", source, entry["url"], commit[:12], root / HUB_FILE)
     return entry
@@ -198,7 +200,7 @@ def push_dataset(
             )
             cards.dataset_metadata(card.data, n_rows=len(rows), title=title, seeds_ours=seeds_ours)
             card.text = body
-            files["README.md"] = str(card).encode()
+            files["README.md"] = secrets.mask(str(card)).encode()
             done = _commit(
                 api, repo_id, "dataset", revision, files, f"{message}: card, recipes, plots", parent=first.oid
             )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from teams_rl.core import secrets
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import atomic_write_text, sha256
 from teams_rl.core.markdown import render
@@ -149,9 +150,11 @@ def read_facts(folder: str | Path) -> dict:
 
 
 def write_card(folder: str | Path, facts: dict, *, library: str | None = None) -> str:
-    """Write ``card.json`` and the README.md rendered from it into ``folder``; returns the card."""
+    """Write ``card.json`` and the README.md rendered from it into ``folder``; returns the card. Keys and URL
+    credentials are masked in both (``secrets.mask``)."""
     folder = Path(folder)
-    card = render_model_card(facts, library=library)
+    facts = secrets.mask_data(facts)
+    card = secrets.mask(render_model_card(facts, library=library))
     atomic_write_text(folder / CARD_FACTS, json.dumps(facts, indent=2, ensure_ascii=False, default=str) + "\n")
     atomic_write_text(folder / "README.md", card)
     return card
@@ -179,11 +182,12 @@ def command_line(argv) -> str:
             args[i] = f"{flag}=***"
         elif i + 1 < len(args):
             args[i + 1] = "***"
-    return "teams-rl sft " + shlex.join(args)
+    return secrets.mask("teams-rl sft " + shlex.join(args))
 
 
 def resolved_yaml(script_args, training_args, model_args, mixture) -> str:
-    """The resolved recipe for the run folder; ``TrainingArguments.to_dict`` already masks ``*_token`` values."""
+    """The resolved recipe for the run folder; ``TrainingArguments.to_dict`` already masks ``*_token`` values, and
+    URL credentials, keys' values and key shapes are masked too (``secrets.mask_data``)."""
     training = {**training_args.to_dict(), "eos_token": training_args.eos_token, "pad_token": training_args.pad_token}
     merged = {
         **dataclasses.asdict(script_args),
@@ -193,4 +197,4 @@ def resolved_yaml(script_args, training_args, model_args, mixture) -> str:
     }
     for key in inert_keys([type(script_args), type(model_args), type(mixture)]):  # so it parses back as a recipe
         merged.pop(key, None)
-    return yaml.safe_dump(merged, sort_keys=False, allow_unicode=True, default_flow_style=None)
+    return yaml.safe_dump(secrets.mask_data(merged), sort_keys=False, allow_unicode=True, default_flow_style=None)
