@@ -98,6 +98,8 @@ def run(name: str, ref: str, synth_seed: int, args, extra: list[str]) -> dict:
         str(args.budget),
         "--expert_max_new_tokens",
         str(args.answer_tokens),
+        "--overwrite",  # a rerun with other flags re-measures: the old dataset moves to superseded/, the ledger stays
+        "true",
         *extra,
     ]
     if args.rewrite_tokens:
