@@ -349,3 +349,26 @@ def test_a_key_echoed_across_the_error_length_cut_leaves_no_part_of_it(all_logs)
         (result,) = backend(server, max_retries=0).generate([ask("a")])
     assert not result.ok and result.error.endswith("Bearer ***")
     assert KEY[:8] not in result.error and KEY[:8] not in all_logs.text
+
+
+def test_each_answer_is_in_the_ledger_as_soon_as_it_arrives(tmp_path):
+    """A kill -9 mid-batch must cost only the calls still in flight: the quick answer is committed while the slow
+    one is still being waited for (before, the whole batch was committed at its end)."""
+    import sqlite3
+    import threading
+
+    from teams_rl.llm.ledger import Ledger, RoleClient
+
+    with FakeOpenAIServer(hang=lambda m: last_user(m) == "slow", hang_s=30.0, reply=lambda m: "quick") as server:
+        ledger = Ledger(tmp_path / "ledger.sqlite")
+        client = RoleClient(backend(server, timeout_s=30.0, max_retries=0), ledger, "expert")
+        worker = threading.Thread(target=client.generate, args=([ask("fast"), ask("slow")],), daemon=True)
+        worker.start()
+        deadline, committed = time.monotonic() + 20, 0
+        while time.monotonic() < deadline and committed == 0:
+            time.sleep(0.05)
+            with sqlite3.connect(tmp_path / "ledger.sqlite", timeout=5) as db:
+                committed = db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+        assert committed == 1 and worker.is_alive()  # the slow request is still in flight
+    worker.join(timeout=30)
+    ledger.close()

@@ -178,7 +178,7 @@ class Ledger:
 
     def put_many(self, rows: Sequence[tuple]) -> None:
         """Store ``(key, role, model, kind, request, response, prompt_tokens, completion_tokens, latency_s,
-        finish_reason)`` tuples in one transaction, so a kill -9 leaves whole batches or nothing."""
+        finish_reason)`` tuples in one transaction, so a kill -9 leaves all of them or none."""
         if not rows:
             return
         now = time.time()
@@ -320,28 +320,34 @@ class RoleClient:
         allowed = todo[:n_allowed]
         if allowed:
             values = secrets.secret_values()
-            fresh = [_masked_result(r, values) for r in call([requests[missing[k][0]] for k in allowed])]
+
+            def row(key, res) -> tuple:
+                record = {f: v for f, v in vars(res).items() if f != "cached"}
+                first = payloads[missing[key][0]]
+                tokens = getattr(res, "completion_tokens", 0)
+                reason = getattr(res, "finish_reason", None)
+                return key, self.role, model, kind, first, record, res.prompt_tokens, tokens, res.latency_s, reason
+
+            committed: set[str] = set()
+
+            def commit_one(j: int, res) -> None:
+                """An answer is committed as it arrives, so a kill loses only the calls still in flight."""
+                res = _masked_result(res, values)
+                if res.ok:
+                    self.ledger.put_many([row(allowed[j], res)])
+                    committed.add(allowed[j])
+
+            streaming = {"on_result": commit_one} if getattr(self.backend, "reports_each_result", False) else {}
+            batch = [requests[missing[k][0]] for k in allowed]
+            fresh = [_masked_result(r, values) for r in call(batch, **streaming)]
             rows, errors = [], []
             for key, res in zip(allowed, fresh, strict=True):
                 for i in missing[key]:
                     results[i] = res
                 if res.ok:
                     self._count(res)
-                    record = {f: v for f, v in vars(res).items() if f != "cached"}
-                    rows.append(
-                        (
-                            key,
-                            self.role,
-                            model,
-                            kind,
-                            payloads[missing[key][0]],
-                            record,
-                            res.prompt_tokens,
-                            getattr(res, "completion_tokens", 0),
-                            res.latency_s,
-                            getattr(res, "finish_reason", None),
-                        )
-                    )
+                    if key not in committed:
+                        rows.append(row(key, res))
                 else:
                     self.stats.errors += 1
                     errors.append(res.error or "error")

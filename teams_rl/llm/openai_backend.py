@@ -102,13 +102,20 @@ class OpenAIBackend:
             f"max_retries={self.max_retries})"
         )
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    # RoleClient passes ``on_result(i, result)``, called as each answer arrives, to commit it to the ledger at once.
+    reports_each_result = True
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], on_result: Callable[[int, Any], None] | None = None
+    ) -> list[GenerationResult]:
         """One chat completion per request, ``concurrency`` at a time; results in request order."""
         if not requests:
             return []
-        return _run_sync(lambda: self._batch(requests, self._generate_one))
+        return _run_sync(lambda: self._batch(requests, self._generate_one, on_result))
 
-    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+    def score(
+        self, requests: Sequence[ScoreRequest], on_result: Callable[[int, Any], None] | None = None
+    ) -> list[ScoreResult]:
         """Log-probability of each choice as the first answer token, from the server's ``top_logprobs``.
 
         Several first tokens that spell the same choice (" Yes", "yes") add up; see ``_choice_logprobs``. When the
@@ -118,9 +125,14 @@ class OpenAIBackend:
         """
         if not requests:
             return []
-        return _run_sync(lambda: self._batch(requests, self._score_one))
+        return _run_sync(lambda: self._batch(requests, self._score_one, on_result))
 
-    async def _batch(self, requests: Sequence[Any], one: Callable[..., Awaitable[T]]) -> list[T]:
+    async def _batch(
+        self,
+        requests: Sequence[Any],
+        one: Callable[..., Awaitable[T]],
+        on_result: Callable[[int, Any], None] | None = None,
+    ) -> list[T]:
         from openai import AsyncOpenAI
 
         key = os.environ.get(self.api_key_env) or "EMPTY"  # local servers accept any key
@@ -129,7 +141,14 @@ class OpenAIBackend:
         # The client's own retries are off (see the class docstring); its pool (1000 connections) exceeds any
         # sensible concurrency, so the semaphore alone sets how many requests are in flight.
         async with AsyncOpenAI(api_key=key, base_url=self._url, max_retries=0, timeout=self.timeout_s) as client:
-            tasks = [asyncio.create_task(one(client, req, sem, stop, key)) for req in requests]
+
+            async def answer(i: int, req) -> T:
+                result = await one(client, req, sem, stop, key)
+                if on_result is not None:
+                    on_result(i, result)  # a failure here (a full disk) stops the batch like any fatal error
+                return result
+
+            tasks = [asyncio.create_task(answer(i, req)) for i, req in enumerate(requests)]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 # Requests that saw the stop flag end cancelled; the error worth raising is in the one that set it.
