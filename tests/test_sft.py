@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from teams_rl.core.errors import TeamsRLError
@@ -471,3 +472,17 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
     (tmp_path / "checkpoint-12").mkdir()  # weights saved, trainer_state.json not yet: killed mid-save
     (tmp_path / "checkpoint-12" / "adapter_model.safetensors").write_bytes(b"")
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # by step, not by name
+
+
+def test_the_same_recipe_gives_the_same_adapter(tiny_model_dir, tmp_path):
+    """LoRA's init is drawn before TRL's Trainer seeds torch; without a seed first, two runs of one recipe differed."""
+    from safetensors.torch import load_file
+
+    from teams_rl.sft.train import main
+
+    weights = []
+    for name in ("a", "b"):
+        main(_args(tiny_model_dir, tmp_path / name, "--max_steps", "1"))
+        weights.append(load_file(str(tmp_path / name / "adapter" / "adapter_model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_quantization_config
 
 from teams_rl.core.bounds import (
@@ -237,6 +238,7 @@ def train(setup, config: GRPOPolicyConfig, model_config: ModelConfig) -> Path:
     from datasets import Dataset
 
     _check(config, setup)
+    set_seed(config.seed)  # the LoRA init happens before the trainer seeds torch: same recipe, same adapter
     model, tokenizer = _load_model(model_config, config.trust_remote_code)
     fmt = InstructorFormat(setup.actions, tokenizer)
     add_action_head(model, fmt.answer_token_ids)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import set_seed
 from trl import ModelConfig
 from trl.experimental.ppo import PPOConfig
 
@@ -216,6 +217,7 @@ def train(setup, config: PPOPolicyConfig, model_config: ModelConfig) -> Path:
             f"needs episode_slots >= {2 * batch} (have {len(setup.pool)})",
             field="episode_slots",
         )
+    set_seed(config.seed)  # the LoRA and value-head init happen before the trainer seeds torch: same recipe, same run
     tokenizer, policy, value = _load_models(config, model_config)
     fmt = InstructorFormat(setup.actions, tokenizer)
     hook = add_action_head(policy, fmt.answer_token_ids)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from accelerate import PartialState
+from transformers import set_seed
 from trl import SFTTrainer, get_peft_config
 
 from teams_rl.core.errors import TeamsRLError
@@ -44,6 +45,7 @@ def build_trainer(script_args, training_args, model_args, mixture, callbacks=Non
         script_args, mixture, columns, training_args.seed, want_eval=training_args.eval_strategy != "no"
     )
     tokenizer, template = chat_tokenizer(path, script_args, training_args, model_args)
+    set_seed(training_args.seed)  # SFTTrainer wraps the model in LoRA before Trainer seeds torch: seed it first
     model = base_model(path, model_args, training_args, tokenizer)
     trainer = SFTTrainer(
         model=model,
