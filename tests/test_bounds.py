@@ -187,3 +187,14 @@ def test_the_cases_of_the_issue_exit_2_with_one_line_and_keep_the_dataset(tmp_pa
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and flags[0] in errors[0], proc.stderr
     assert (dataset / "summary.json").read_text(encoding="utf-8") == "{}"
+
+
+def test_every_recipe_dataclass_still_works_with_trl_and_transformers_parsers():
+    """HfArgumentParser hands each listed metadata key to argparse; a listed ``bound`` would make it raise."""
+    from transformers import HfArgumentParser
+
+    for stage, classes in stage_dataclasses().items():
+        for dc in classes:
+            listed = [f.name for f in dataclasses.fields(dc) if "bound" in list(f.metadata)]
+            assert not listed, f"{stage}: {dc.__name__} needs @bounded(): {listed}"
+        HfArgumentParser(list(classes))

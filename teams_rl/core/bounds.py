@@ -10,7 +10,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 BOUND = "bound"  # the metadata key; HfArgumentParser never sees it (see recipes.parse_args)
@@ -105,19 +105,51 @@ def _is_shard(value) -> bool:
 SHARD = Bound(check=_is_shard, text="'i/N' with 0 <= i < N, e.g. '0/4'")
 
 
+class _Metadata(Mapping):
+    """A field's metadata with its bound readable (``metadata["bound"]``) but not listed: ``HfArgumentParser`` passes
+    every listed key to argparse, which knows no ``bound``, so our dataclasses stay usable with TRL's own parsers."""
+
+    def __init__(self, items: Mapping, bound: Bound):
+        self._items, self._bound = {k: v for k, v in items.items() if k != BOUND}, bound
+
+    def __getitem__(self, key):
+        return self._bound if key == BOUND else self._items[key]
+
+    def __contains__(self, key) -> bool:
+        return key == BOUND or key in self._items
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def metadata_with(metadata: Mapping, bound: Bound) -> Mapping:
+    """``metadata`` plus ``bound``, in the form ``dataclasses.field(metadata=...)`` and argparse both accept."""
+    return types.MappingProxyType(_Metadata(metadata, bound))
+
+
 def bounded(**bounds: Bound):
-    """Class decorator for a subclass of a TRL dataclass: attach bounds to the fields it inherits, without
-    re-declaring them (the field keeps TRL's default and help; only its metadata gains the bound)."""
+    """Class decorator for every recipe dataclass: the bounds its own fields declare (``metadata={"bound": ...}``)
+    are hidden from argparse (see ``_Metadata``), and ``bounds`` are attached to fields it inherits from TRL or
+    transformers without re-declaring them (the field keeps its default and help; only its metadata gains the
+    bound)."""
 
     def decorate(cls: type) -> type:
         own = cls.__dict__["__dataclass_fields__"]
-        for name, bound in bounds.items():
+        for name in bounds:
             if name not in own:
                 raise TypeError(f"{cls.__name__} has no field {name!r} to bound")
+        for name, f in list(own.items()):
+            listed = BOUND in list(f.metadata)  # declared in a plain dict: argparse would see it
+            if name not in bounds and not listed:
+                continue
+            bound = bounds.get(name) or f.metadata[BOUND]
             copy = dataclasses.field()
-            for slot in type(own[name]).__slots__:
-                setattr(copy, slot, getattr(own[name], slot))
-            copy.metadata = types.MappingProxyType({**own[name].metadata, BOUND: bound})
+            for slot in type(f).__slots__:
+                setattr(copy, slot, getattr(f, slot))
+            copy.metadata = metadata_with(f.metadata, bound)
             own[name] = copy
         return cls
 

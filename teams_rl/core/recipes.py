@@ -25,6 +25,7 @@ from teams_rl.core.bounds import (
     Bound,
     bound_of,
     check_value,
+    metadata_with,
     one_of,
     resolved_fields,
 )
@@ -85,8 +86,14 @@ def role_arguments(role: str, omit: tuple[str, ...] = (), **defaults) -> type:
         if name in omit:
             continue
         value = defaults.get(name, default)
-        metadata = {"help": f"[{role}] {help_text}", **({BOUND: bound} if bound else {})}
-        specs.append((f"{role}_{name}", typ, field(default=value, metadata=metadata)))
+        metadata = {"help": f"[{role}] {help_text}"}
+        specs.append(
+            (
+                f"{role}_{name}",
+                typ,
+                field(default=value, metadata=metadata_with(metadata, bound) if bound else metadata),
+            )
+        )
     return make_dataclass(f"{role.capitalize()}Arguments", specs)
 
 

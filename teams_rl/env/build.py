@@ -9,7 +9,7 @@ from pathlib import Path
 
 from trl import ScriptArguments
 
-from teams_rl.core.bounds import BUDGET, COUNT, UNIT, at_least, one_of
+from teams_rl.core.bounds import BUDGET, COUNT, UNIT, at_least, bounded, one_of
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.layout import ledger_path
 from teams_rl.core.recipes import inert, role_arguments, role_settings
@@ -25,6 +25,7 @@ from teams_rl.llm.ledger import Ledger, RoleClient
 ReviewerArguments = role_arguments("reviewer", temperature=0.0, top_p=1.0, max_new_tokens=12)
 
 
+@bounded()
 @dataclass
 class SeedArguments(ScriptArguments):
     """Where the seed instructions come from (``dataset_name``: a file, a saved dataset folder or a Hub id; a
@@ -74,6 +75,7 @@ class SeedArguments(ScriptArguments):
     )
 
 
+@bounded()
 @dataclass
 class ReviewArguments:
     """How the reviewer scores rewrites (the information-gain rule and the reward)."""
@@ -91,6 +93,7 @@ class ReviewArguments:
     )
 
 
+@bounded()
 @dataclass
 class EnvArguments(ScreenArguments):
     """What makes a rewrite kept and what it earns: the same keys, defaults and code in policy training and in

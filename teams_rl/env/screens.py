@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from teams_rl.core.bounds import UNIT, at_least
+from teams_rl.core.bounds import UNIT, at_least, bounded
 from teams_rl.env.answer_screens import (  # the answer screens, re-exported: one import for every screen
     OFF_TOPIC,
     REPETITIVE,
@@ -175,6 +175,7 @@ def shrunk(parent: str, rewrite: str, action: str, min_ratio: float = 0.8) -> st
 # ---------------------------------------------------------------- batches
 
 
+@bounded()
 @dataclass
 class ScreenArguments:
     """Which screens run and their thresholds (a threshold of 0 turns its rule off)."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from teams_rl.core.bounds import BUDGET, COUNT, POSITIVE, between, one_of
+from teams_rl.core.bounds import BUDGET, COUNT, POSITIVE, between, bounded, one_of
 from teams_rl.evaluate.lmeval import LOCAL_TASK
 
 
+@bounded()
 @dataclass
 class EvalArguments:
     """What to evaluate, on which lm-eval tasks, and which extra reports (dataset metrics, privacy) to write."""

@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from teams_rl.core.bounds import one_of
+from teams_rl.core.bounds import bounded, one_of
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.layout import recipe_path
 from teams_rl.core.recipes import parse_args, recipe_line
@@ -26,6 +26,7 @@ UPSTREAM = {
 }
 
 
+@bounded()
 @dataclass
 class PipelineArguments:
     """One experiment: which stage recipes to chain, what to change in them, and where the run lives."""

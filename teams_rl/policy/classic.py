@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from tqdm.auto import tqdm
 
-from teams_rl.core.bounds import BUDGET, COUNT, POSITIVE, UNIT, at_least, one_of
+from teams_rl.core.bounds import BUDGET, COUNT, POSITIVE, UNIT, at_least, bounded, one_of
 from teams_rl.core.errors import BudgetExhausted, TeamsRLError
 from teams_rl.core.files import atomic_folder
 from teams_rl.env.environment import State, derive_seed
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
 
 
+@bounded()
 @dataclass
 class ClassicConfig:
     """The classic policy's run and TRPO settings (defaults: the original code's)."""

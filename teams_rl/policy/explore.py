@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from teams_rl.core.bounds import COUNT
+from teams_rl.core.bounds import COUNT, bounded
 from teams_rl.core.files import atomic_write_text, write_jsonl
 from teams_rl.core.recipes import located, parse_args
 from teams_rl.env.build import select_seeds
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 EXPLORE_DIR = "explore"
 
 
+@bounded()
 @dataclass
 class ExploreArguments:
     """What the headroom table covers (the environment and models are the policy recipe's own)."""

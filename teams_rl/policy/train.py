@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from teams_rl.core.bounds import BUDGET, COUNT, Bound, one_of
+from teams_rl.core.bounds import BUDGET, COUNT, Bound, bounded, one_of
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.guard import claim, output_lock
 from teams_rl.core.layout import PLOTS_DIR, POLICY_DIR, recipe_path
@@ -46,6 +46,7 @@ RewriterArguments = role_arguments(
 )
 
 
+@bounded()
 @dataclass
 class PolicyArguments:
     """What the policy learns from: the environment around the trainer."""

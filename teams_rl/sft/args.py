@@ -16,6 +16,7 @@ from teams_rl.llm.model_config import LoraModelConfig
 from teams_rl.sft.data import check_mixture_entries
 
 
+@bounded()
 @dataclass
 class SFTScriptArguments(ScriptArguments):
     """TRL's script arguments (``dataset_name``, ``dataset_config``, ``dataset_train_split``) plus how rows become

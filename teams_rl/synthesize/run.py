@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from teams_rl.core.bounds import BUDGET, COUNT, POSITIVE, SHARD
+from teams_rl.core.bounds import BUDGET, COUNT, POSITIVE, SHARD, bounded
 from teams_rl.core.errors import BudgetExhausted
 from teams_rl.core.guard import claim, output_lock
 from teams_rl.core.layout import DATASET_DIR, SHARDS_DIR, SUMMARY_FILE, recipe_path
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 ExpertArguments = role_arguments("expert", temperature=0.7, top_p=0.95, max_new_tokens=256)
 
 
+@bounded()
 @dataclass
 class SynthesisArguments:
     """How instructions are evolved and where the run lives."""
