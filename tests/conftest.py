@@ -45,3 +45,14 @@ def tiny_model_dir(smollm2_dir, tmp_path_factory) -> str:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture
+def backend(monkeypatch):
+    """The scripted LLMs (tests/scripted.py) answer every role, for synthesis tests that need no model."""
+    from teams_rl.llm.factory import BackendPool
+    from tests.scripted import make_backend
+
+    scripted = make_backend()
+    monkeypatch.setattr(BackendPool, "get", lambda self, settings, role: scripted)
+    return scripted

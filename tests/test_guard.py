@@ -13,9 +13,7 @@ import pytest
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.guard import claim, config_changes, move_aside, output_lock
-from teams_rl.llm.factory import BackendPool
 from teams_rl.synthesize import run as synth_mod
-from tests.scripted import make_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = [{"id": f"g{i}", "instruction": f"Explain idea number {i} to a beginner."} for i in range(4)]
@@ -26,13 +24,6 @@ def seeds_file(tmp_path):
     path = tmp_path / "seeds.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in SEEDS), encoding="utf-8")
     return path
-
-
-@pytest.fixture
-def backend(monkeypatch):
-    scripted = make_backend()
-    monkeypatch.setattr(BackendPool, "get", lambda self, settings, role: scripted)
-    return scripted
 
 
 def synthesize(seeds_file, out, *extra):

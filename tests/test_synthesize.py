@@ -27,13 +27,6 @@ def seeds_file(tmp_path):
     return path
 
 
-@pytest.fixture
-def backend(monkeypatch):
-    scripted = make_backend()
-    monkeypatch.setattr(BackendPool, "get", lambda self, settings, role: scripted)
-    return scripted
-
-
 def run(seeds_file, out, *extra):
     argv = [
         "--dataset_name",

@@ -145,15 +145,21 @@ def bounded(**bounds: Bound):
             listed = BOUND in list(f.metadata)  # declared in a plain dict: argparse would see it
             if name not in bounds and not listed:
                 continue
-            bound = bounds.get(name) or f.metadata[BOUND]
-            copy = dataclasses.field()
-            for slot in type(f).__slots__:
-                setattr(copy, slot, getattr(f, slot))
-            copy.metadata = metadata_with(f.metadata, bound)
-            own[name] = copy
+            own[name] = with_metadata(f, metadata_with(f.metadata, bounds.get(name) or f.metadata[BOUND]))
         return cls
 
     return decorate
+
+
+def with_metadata(f: dataclasses.Field, metadata: Mapping) -> dataclasses.Field:
+    """A copy of field ``f`` (default, type, flags) with other metadata; ``f`` itself, maybe TRL's, is untouched."""
+    copy = dataclasses.field()
+    for slot in type(f).__slots__:
+        setattr(copy, slot, getattr(f, slot))
+    copy.metadata = (
+        types.MappingProxyType(dict(metadata)) if not isinstance(metadata, types.MappingProxyType) else metadata
+    )
+    return copy
 
 
 def _enum_choices(typ) -> tuple | None:

@@ -28,6 +28,7 @@ from teams_rl.core.bounds import (
     metadata_with,
     one_of,
     resolved_fields,
+    with_metadata,
 )
 from teams_rl.core.errors import TeamsRLError
 
@@ -263,15 +264,8 @@ def _parser_class():
         @staticmethod
         def _parse_dataclass_field(parser, f):
             bound = bound_of(f) if BOUND in f.metadata else None
-            if bound is not None:
-                stripped = dataclasses.field()
-                for slot in type(f).__slots__:
-                    setattr(stripped, slot, getattr(f, slot))
-                meta = {k: v for k, v in f.metadata.items() if k != BOUND}
-                if meta.get("help") not in (None, argparse.SUPPRESS):
-                    meta["help"] = f"{meta['help']} [{bound.describe()}]"
-                stripped.metadata = types.MappingProxyType(meta)
-                f = stripped
+            if bound is not None and f.metadata.get("help") not in (None, argparse.SUPPRESS):
+                f = with_metadata(f, {**f.metadata, "help": f"{f.metadata['help']} [{bound.describe()}]"})
             return TrlParser._parse_dataclass_field(parser, f)
 
     return Parser
