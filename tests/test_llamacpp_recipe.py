@@ -11,7 +11,14 @@ from teams_rl.synthesize.run import ARGUMENTS
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "smollm2-135m" / "synthesize"
 RECIPE = RECIPES / "config_llamacpp.yaml"
 # Keys that say where and how the model is served; everything else must equal config_random.yaml.
-SERVING = ("_backend", "_base_url", "_api_key_env", "_timeout_s", "_dtype")
+SERVING = (
+    "_backend",
+    "_base_url",
+    "_api_key_env",
+    "_timeout_s",
+    "_dtype",
+    "_batch_size",
+)  # batch = requests in flight there
 
 
 def test_the_llamacpp_recipe_validates_and_parses():

@@ -188,3 +188,118 @@ def test_folder_without_chat_template_falls_back_to_chatml(tiny_model_dir, tmp_p
     )
     assert res.prompt_tokens == len(tok(chatml, add_special_tokens=False)["input_ids"])
     assert Path(folder, "config.json").exists()
+
+
+# -- the prompt-prefix cache ---------------------------------------------------------------------------------------
+FEW_SHOT = (
+    "You rewrite instructions so that they ask for more, and you answer with the rewritten instruction only. "
+    "Keep the topic and the task; add one concrete requirement."
+)
+
+
+def _few_shot(text: str, system: str = FEW_SHOT) -> tuple[dict, ...]:
+    return (
+        {"role": "system", "content": system},
+        {"role": "user", "content": "Instruction: Describe a cat."},
+        {"role": "assistant", "content": "Describe a cat in three sentences, naming its colour and its habits."},
+        {"role": "user", "content": f"Instruction: {text}"},
+    )
+
+
+SHARED = [
+    _few_shot("List three fruits."),
+    _few_shot("Explain how a bicycle gear works, step by step, for a child of eight."),
+    _few_shot("Why is the sea salty?", system=FEW_SHOT + " Never use bullet points."),  # another, longer prefix
+    PROMPTS[3],  # no prefix at all: its row is all padding in the batch cache
+]
+
+
+@pytest.fixture(scope="module")
+def uncached(tiny_model_dir):
+    b = TransformersBackend(tiny_model_dir, batch_size=4, device="cpu", prefix_cache=False)
+    b.load()
+    return b
+
+
+def test_prefix_cache_changes_no_text_and_is_reused(backend, uncached):
+    backend.prefixes._entries.clear()
+    hits = backend.prefixes.hits
+    split = [backend._split(m) for m in SHARED]
+    assert [len(s.prefix) > 0 for s in split] == [True, True, True, False]
+    assert split[0].prefix == split[1].prefix != split[2].prefix
+    assert all(s.ids == _ids(backend, m) for s, m in zip(split, SHARED, strict=True))
+
+    for params in (GREEDY, SAMPLED):
+        reqs = [GenerationRequest(m, params, seed=40 + i) for i, m in enumerate(SHARED)]
+        cached = backend.generate(reqs)  # one batch mixing two prefix lengths and a row with none
+        assert [r.text for r in cached] == [r.text for r in uncached.generate(reqs)]
+        assert [r.text for r in cached] == [backend.generate([r])[0].text for r in reqs]
+        assert [r.prompt_tokens for r in cached] == [len(_ids(backend, m)) for m in SHARED]
+    assert len(backend.prefixes._entries) == 2  # two distinct prefixes, each computed once
+    assert backend.prefixes.hits > hits
+
+
+def test_prefix_cache_scores_match_hand_forward(backend, uncached):
+    choices = ("Yes", "No")  # single tokens: one forward of the prompt scores both
+    long_choices = ("Yes", "Absolutely certain")  # one choice of several tokens: a row per choice
+    reqs = [ScoreRequest(SHARED[0], choices), ScoreRequest(SHARED[2], long_choices), ScoreRequest(SHARED[3], choices)]
+    cached, plain = backend.score(reqs), uncached.score(reqs)
+    for req, c, p in zip(reqs, cached, plain, strict=True):
+        expected = [_hand_logprob(backend, req.messages, x) for x in req.choices]
+        assert c.logprobs == pytest.approx(expected, abs=1e-4)
+        assert p.logprobs == pytest.approx(expected, abs=1e-4)
+        assert c.prompt_tokens == len(_ids(backend, req.messages))
+
+
+def test_short_or_changed_prefix_is_not_cached(backend):
+    cache = backend.prefixes
+    assert cache.split([1, 2, 3], [1, 2, 3, 4, 5]).prefix == ()  # under min_tokens
+    long = list(range(100, 140))
+    assert cache.split(long, [*long, 7]).prefix == tuple(long)
+    assert cache.split(long, [*long[:-1], 9, 7]).prefix == ()  # the full prompt renders the turn differently
+    assert cache.split(long, long).prefix == ()  # nothing left to feed
+
+
+# -- continuous batching --------------------------------------------------------------------------------------------
+def test_finished_rows_leave_and_waiting_ones_take_their_slots(backend):
+    lengths = (2, 9, 4, 7, 3)
+    reqs = [
+        GenerationRequest(m, SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=n), seed=70 + i)
+        for i, (m, n) in enumerate(zip([*SHARED, PROMPTS[1]], lengths, strict=True))
+    ]
+    seen = []
+    slots, backend.batch_size = backend.batch_size, 2  # 5 rows through 2 slots of unequal lengths
+    try:
+        out = backend.generate(reqs, on_result=lambda i, r: seen.append((i, r)))
+    finally:
+        backend.batch_size = slots
+    assert sorted(i for i, _ in seen) == list(range(len(reqs)))  # each row reported once, as it ended
+    assert all(out[i] is r for i, r in seen)
+    assert [r.completion_tokens for r in out] == list(lengths)  # a random model runs to each row's own cap
+    assert [r.text for r in out] == [backend.generate([q])[0].text for q in reqs]
+
+
+def test_nucleus_from_the_candidates_equals_the_full_sort(monkeypatch):
+    import torch
+
+    from teams_rl.llm import decoding
+
+    torch.manual_seed(0)
+    peaked = torch.randn(3, 5000) * 6  # nucleus well inside the top 256
+    flat = torch.randn(2, 5000) * 0.1  # nucleus of thousands: the full-sort path
+    rows = [decoding.Row(None, 8, 0.7, 0.95, seed) for seed in range(5)]
+
+    def draws(candidates: int) -> list[int]:
+        monkeypatch.setattr(decoding, "NUCLEUS_CANDIDATES", candidates)
+        logits = torch.cat([peaked, flat])
+        return [
+            t for seed in range(20) for t in decoding.sample(logits, rows, [torch.Generator().manual_seed(seed)] * 5)
+        ]
+
+    assert draws(256) == draws(5000)
+    probs = torch.softmax(peaked[0] / 0.7, -1)
+    ranked = probs.sort(descending=True)
+    nucleus = set(ranked.indices[: int((ranked.values.cumsum(-1) < 0.95).sum()) + 1].tolist())
+    assert {draws(256)[5 * k] for k in range(20)} <= nucleus
+    greedy = decoding.Row(None, 8, 0.0, 0.95, 0)
+    assert decoding.sample(peaked[:1], [greedy], [None]) == [int(peaked[0].argmax())]

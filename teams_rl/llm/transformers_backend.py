@@ -5,53 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from teams_rl.llm.base import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
+from teams_rl.llm.decoding import Row, decode
 from teams_rl.llm.loader import CHATML_TEMPLATE, default_device, load_causal_lm, load_tokenizer
+from teams_rl.llm.prefix_cache import PrefixCache, SplitPrompt, cache_keyword
 
 logger = logging.getLogger(__name__)
-
-
-def _row_sampler_class():
-    """Built lazily so importing this module does not import torch."""
-    import torch
-    from transformers import LogitsProcessor
-
-    class RowSampler(LogitsProcessor):
-        """Samples each row with its own generator, then leaves only the drawn token finite.
-
-        ``generate`` runs greedy on top of this, so a row's draws depend on its own seed and not on
-        which other rows share the batch (HF sampling would use one global RNG for the whole batch).
-        """
-
-        def __init__(self, requests: Sequence[GenerationRequest], device):
-            self.params = [(r.sampling.temperature, r.sampling.top_p) for r in requests]
-            self.generators = [
-                torch.Generator(device=device).manual_seed(r.seed) if r.sampling.temperature > 0 else None
-                for r in requests
-            ]
-
-        def __call__(self, input_ids, scores):
-            picked = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
-            for row, ((temperature, top_p), gen) in enumerate(zip(self.params, self.generators, strict=True)):
-                logits = scores[row].float()
-                if gen is None:
-                    picked[row] = logits.argmax()
-                    continue
-                probs = torch.softmax(logits / temperature, dim=-1)
-                if top_p < 1.0:
-                    sorted_p, order = probs.sort(descending=True)
-                    drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
-                    sorted_p[drop] = 0.0
-                    probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-                picked[row] = torch.multinomial(probs, 1, generator=gen)[0]
-            out = torch.full_like(scores, float("-inf"))
-            out[torch.arange(scores.shape[0]), picked] = 0.0
-            return out
-
-    return RowSampler
 
 
 class TransformersBackend:
@@ -61,8 +22,12 @@ class TransformersBackend:
         model: Hub id, local folder, or an embedded name such as ``smollm2-135m``.
         dtype: ``auto`` (float32 on CPU, bfloat16 on GPU), ``float32``, ``bfloat16`` or ``float16``.
         batch_size: requests per forward batch; requests are grouped by ``max_new_tokens`` and sorted by length.
+        prefix_cache: compute the shared opening of chat prompts (system prompt, few-shot turns) once and reuse its
+            keys and values (``teams_rl/llm/prefix_cache.py``).
         field: the recipe key that named the model, for error messages.
     """
+
+    reports_each_result = True  # generate() calls on_result as each row ends
 
     def __init__(
         self,
@@ -71,15 +36,18 @@ class TransformersBackend:
         dtype: str = "auto",
         batch_size: int = 8,
         device: str | None = None,
+        prefix_cache: bool = True,
         field: str | None = None,
     ):
         self.model_id = model
         self.dtype = dtype
         self.batch_size = batch_size
         self.device = device
+        self.use_prefix_cache = prefix_cache
         self.field = field
         self._model = None
         self._tokenizer = None
+        self.prefixes: PrefixCache | None = None
 
     # -- loading ---------------------------------------------------------------------------------------------
     def load(self):
@@ -93,20 +61,28 @@ class TransformersBackend:
             logger.warning("%s has no chat template; using ChatML", self.model_id)
             tokenizer.chat_template = CHATML_TEMPLATE
         self._model, self._tokenizer, self._device = model, tokenizer, device
+        self.prefixes = PrefixCache(model) if self.use_prefix_cache else None
         return model, tokenizer
 
-    def _prompt_ids(self, messages) -> list[int]:
-        enc = self._tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+    def _template_ids(self, messages, generation_prompt: bool) -> list[int]:
+        enc = self._tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=generation_prompt, tokenize=True
+        )
         return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
 
-    def _pad_left(self, rows: list[list[int]]):
-        import torch
+    def _prompt_ids(self, messages) -> list[int]:
+        return self._template_ids(messages, True)
 
-        width = max(len(r) for r in rows)
-        pad = self._tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self._device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self._device)
-        return ids, mask
+    def _split(self, messages) -> SplitPrompt:
+        """The prompt's ids, with the turns before the last one as the cacheable prefix."""
+        full = self._prompt_ids(messages)
+        if self.prefixes is None or len(messages) < 2:
+            return SplitPrompt((), full)
+        return self.prefixes.split(self._template_ids(messages[:-1], False), full)
+
+    def _batch(self, rows: list[SplitPrompt]):
+        prefixes = self.prefixes or PrefixCache(self._model, max_entries=0)  # without the cache: padding only
+        return prefixes.batch(rows, self._tokenizer.pad_token_id, self._device)
 
     def _eos_ids(self) -> set[int]:
         eos = self._model.generation_config.eos_token_id
@@ -115,84 +91,99 @@ class TransformersBackend:
         return ids
 
     # -- generate --------------------------------------------------------------------------------------------
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        import torch
-
+    def generate(
+        self, requests: Sequence[GenerationRequest], on_result: Callable[[int, GenerationResult], None] | None = None
+    ) -> list[GenerationResult]:
+        """Continuous batches of up to ``batch_size`` rows (``decoding.py``); ``on_result(i, result)`` is called as
+        each row ends, so the ledger can commit it before the rest of the call is done."""
         if not requests:
             return []
         model, tokenizer = self.load()
-        prompts = [self._prompt_ids(r.messages) for r in requests]
-        groups: dict[int, list[int]] = defaultdict(list)
-        for i, r in enumerate(requests):
-            groups[r.sampling.max_new_tokens].append(i)
+        rows = [
+            Row(self._split(r.messages), r.sampling.max_new_tokens, r.sampling.temperature, r.sampling.top_p, r.seed)
+            for r in requests
+        ]
         results: list[GenerationResult | None] = [None] * len(requests)
-        sampler_cls = _row_sampler_class()
-        eos_ids = self._eos_ids()
-        for max_new, members in groups.items():
-            members.sort(key=lambda i: len(prompts[i]))
-            for start in range(0, len(members), self.batch_size):
-                batch = members[start : start + self.batch_size]
-                ids, mask = self._pad_left([prompts[i] for i in batch])
-                began = time.perf_counter()
-                with torch.inference_mode():
-                    out = model.generate(
-                        input_ids=ids,
-                        attention_mask=mask,
-                        max_new_tokens=max_new,
-                        do_sample=False,
-                        temperature=None,
-                        top_p=None,
-                        top_k=None,
-                        pad_token_id=tokenizer.pad_token_id,
-                        logits_processor=[sampler_cls([requests[i] for i in batch], self._device)],
-                    )
-                share = (time.perf_counter() - began) / len(batch)
-                for row, i in enumerate(batch):
-                    new = out[row, ids.shape[1] :].tolist()
-                    end = next((k for k, t in enumerate(new) if t in eos_ids), None)
-                    kept = new if end is None else new[:end]
-                    results[i] = GenerationResult(
-                        text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                        finish_reason="length" if end is None else "stop",
-                        prompt_tokens=len(prompts[i]),
-                        completion_tokens=len(kept) + (0 if end is None else 1),
-                        latency_s=share,
-                    )
+
+        def done(i: int, tokens: list[int], stopped: bool, seconds: float) -> None:
+            results[i] = GenerationResult(
+                text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                finish_reason="stop" if stopped else "length",
+                prompt_tokens=len(rows[i].prompt.ids),
+                completion_tokens=len(tokens) + int(stopped),  # the end token was generated too
+                latency_s=seconds,
+            )
+            if on_result is not None:
+                on_result(i, results[i])
+
+        prefixes = self.prefixes or PrefixCache(model, max_entries=0)
+        decode(
+            model,
+            rows,
+            prefixes,
+            pad_id=tokenizer.pad_token_id,
+            eos_ids=self._eos_ids(),
+            slots=self.batch_size,
+            on_done=done,
+        )
         return results  # type: ignore[return-value]
 
-    # -- score -----------------------------------------------------------------------------------------------
-    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        """Sum of log-probabilities of each choice's tokens as the assistant's answer (one forward per pair)."""
+    # -- score ----------------------------------------------------------------------------------------------
+    def score(
+        self, requests: Sequence[ScoreRequest], on_result: Callable[[int, ScoreResult], None] | None = None
+    ) -> list[ScoreResult]:
+        """Sum of log-probabilities of each choice's tokens as the assistant's answer.
+
+        When every choice of a request is a single token (a judge's Yes/No, a grade 1-10) one forward of the prompt
+        scores them all from its last position; otherwise each choice is appended to the prompt and scored from the
+        positions that predict its tokens."""
         import torch
 
         if not requests:
             return []
         model, tokenizer = self.load()
-        pairs = []  # (request index, choice index, prompt ids, choice ids)
-        prompt_len = []
+        prompts = [self._split(r.messages) for r in requests]
+        tokens = {c: tokenizer(c, add_special_tokens=False)["input_ids"] for r in requests for c in r.choices}
+        rows: list[tuple[int, list[tuple[int, list[int]]], list[int]]] = []  # (request, [(choice, ids)], tail)
         for i, r in enumerate(requests):
-            prompt = self._prompt_ids(r.messages)
-            prompt_len.append(len(prompt))
-            for j, choice in enumerate(r.choices):
-                pairs.append((i, j, prompt, tokenizer(choice, add_special_tokens=False)["input_ids"]))
+            ids = [tokens[c] for c in r.choices]
+            if all(len(c) == 1 for c in ids):
+                rows.append((i, list(enumerate(ids)), []))
+            else:
+                rows += [(i, [(j, c)], c) for j, c in enumerate(ids)]
         logprobs = [[float("-inf")] * len(r.choices) for r in requests]
         began = time.perf_counter()
-        order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][2]) + len(pairs[k][3]))
-        step = self.batch_size * 2  # one-token forwards are cheap next to generation
+        order = sorted(range(len(rows)), key=lambda k: len(prompts[rows[k][0]].suffix) + len(rows[k][2]))
+        step = self.batch_size * 2  # no generation: a forward is cheap next to a decode loop
         for start in range(0, len(order), step):
-            chunk = [pairs[k] for k in order[start : start + step]]
-            ids, mask = self._pad_left([p + c for _, _, p, c in chunk])
-            keep = max(len(c) for *_, c in chunk) + 1
+            chunk = [rows[k] for k in order[start : start + step]]
+            inputs = self._batch([SplitPrompt(prompts[i].prefix, prompts[i].suffix + tail) for i, _, tail in chunk])
+            width = inputs.prefix_width
+            keep = max(len(tail) for *_, tail in chunk) + 1
+            cache = {} if inputs.cache is None else {cache_keyword(): inputs.cache}
             with torch.inference_mode():
-                logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
+                logits = model(
+                    input_ids=inputs.input_ids[:, width:],
+                    attention_mask=inputs.attention_mask,
+                    position_ids=inputs.position_ids()[:, width:],
+                    logits_to_keep=keep,
+                    **cache,
+                ).logits.float()
             logp = torch.log_softmax(logits, dim=-1)
-            for row, (i, j, _, choice) in enumerate(chunk):
-                n = len(choice)
+            for row, (i, scored, tail) in enumerate(chunk):
+                if not tail:  # single-token choices: the prompt's last position predicts each of them
+                    for j, (token,) in scored:
+                        logprobs[i][j] = float(logp[row, keep - 1, token])
+                    continue
+                (j, _), n = scored[0], len(tail)
                 # logits at position t predict token t+1; the choice occupies the last n positions
                 positions = range(keep - 1 - n, keep - 1)
-                logprobs[i][j] = float(sum(logp[row, pos, tok] for pos, tok in zip(positions, choice, strict=True)))
+                logprobs[i][j] = float(sum(logp[row, pos, tok] for pos, tok in zip(positions, tail, strict=True)))
         share = (time.perf_counter() - began) / len(requests)
-        return [
-            ScoreResult(logprobs=lp, prompt_tokens=n, latency_s=share)
-            for lp, n in zip(logprobs, prompt_len, strict=True)
+        results = [
+            ScoreResult(logprobs=lp, prompt_tokens=len(p.ids), latency_s=share)
+            for lp, p in zip(logprobs, prompts, strict=True)
         ]
+        for i, result in enumerate(results if on_result else ()):
+            on_result(i, result)
+        return results

@@ -1,0 +1,227 @@
+"""Continuous batched decoding for the in-process backend.
+
+``transformers``' ``generate`` keeps every row of a batch in the forward until the longest one ends, draws all rows
+from one random generator, and recomputes a shared prompt opening for every request. Synthesis sends batches whose
+answers range from a dozen tokens to the cap, so here:
+
+- each row samples with its own generator (seeded per request), so its text does not depend on its batch mates;
+- a row leaves the batch the step it ends, and a waiting request takes its slot (prefilled on its own tokens,
+  after its cached prompt prefix, see ``prefix_cache.py``), so the forward stays full;
+- rows of different lengths share one key/value cache, left-padded: the attention mask hides the padding and the
+  position ids count only each row's real tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from teams_rl.llm.prefix_cache import PrefixCache, SplitPrompt, cache_keyword
+
+NUCLEUS_CANDIDATES = 256
+
+
+@dataclass(frozen=True)
+class Row:
+    """One request to decode: its prompt and how to sample it."""
+
+    prompt: SplitPrompt
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+
+
+def sample(logits, rows: Sequence[Row], generators) -> list[int]:
+    """One token id per row of ``logits`` [rows, vocab]: argmax where the temperature is 0, else nucleus sampling
+    with the row's own generator. Each row is computed on its own (a softmax over a whole batch may round
+    differently from one over a single row, and a row must draw the same tokens whatever its batch). The nucleus
+    is looked for among the ``NUCLEUS_CANDIDATES`` likeliest tokens (a top-k instead of sorting the whole
+    vocabulary for every token) and, for the rare flat distribution whose nucleus is larger, in the full sort."""
+    import torch
+
+    picked = []
+    for row, r, generator in zip(logits.float(), rows, generators, strict=True):
+        if r.temperature <= 0:
+            picked.append(int(row.argmax()))
+            continue
+        probs = torch.softmax(row / r.temperature, dim=-1)
+        if r.top_p >= 1.0:
+            picked.append(int(torch.multinomial(probs, 1, generator=generator)[0]))
+            continue
+        weights, index = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]))  # sorted, likeliest first
+        cum = weights.cumsum(-1)
+        if cum[-1] < r.top_p:  # the nucleus reaches past the candidates
+            weights, index = probs.sort(descending=True)
+            cum = weights.cumsum(-1)
+        weights = weights.masked_fill(cum - weights > r.top_p, 0.0)  # the smallest set reaching top_p
+        # drawn in vocabulary order, not rank order: a rank swap between two near-equal tokens (rounding that differs
+        # by batch) must not change which token a draw lands on
+        nucleus = torch.zeros_like(probs).scatter_(0, index, weights)
+        picked.append(int(torch.multinomial(nucleus, 1, generator=generator)[0]))
+    return picked
+
+
+class _Batch:
+    """The rows in flight: their cache, mask, next positions and tokens so far."""
+
+    def __init__(self):
+        self.rows: list[int] = []  # request indices
+        self.cache = None
+        self.mask = None  # [rows, cache width]
+        self.positions: list[int] = []  # next position id of each row
+        self.last: list[int] = []  # last token of each row
+        self.done: list[bool] = []  # ended rows not yet dropped
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def keep(self, alive: list[int]) -> None:
+        """Drop the rows not listed (by position in the batch) and the columns no row still needs."""
+        import torch
+
+        if not alive:
+            self.__init__()
+            return
+        index = torch.tensor(alive, device=self.mask.device)
+        mask = self.mask[index]
+        start = int(mask.any(0).nonzero()[0])  # leading columns that are padding for every row left
+        layers = [(layer.keys[index, :, start:], layer.values[index, :, start:]) for layer in self.cache.layers]
+        self._set(layers, mask[:, start:])
+        self.rows = [self.rows[i] for i in alive]
+        self.positions = [self.positions[i] for i in alive]
+        self.last = [self.last[i] for i in alive]
+        self.done = [False] * len(alive)
+
+    def join(self, other: _Batch) -> None:
+        """Append ``other``'s rows, left-padding the narrower cache to the wider one."""
+        import torch
+        import torch.nn.functional as F
+
+        if not self.rows:
+            self.__dict__.update(other.__dict__)
+            return
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        mine, theirs = width - self.mask.shape[1], width - other.mask.shape[1]
+        layers = [
+            (
+                torch.cat([F.pad(a.keys, (0, 0, mine, 0)), F.pad(b.keys, (0, 0, theirs, 0))]),
+                torch.cat([F.pad(a.values, (0, 0, mine, 0)), F.pad(b.values, (0, 0, theirs, 0))]),
+            )
+            for a, b in zip(self.cache.layers, other.cache.layers, strict=True)
+        ]
+        self._set(layers, torch.cat([F.pad(self.mask, (mine, 0)), F.pad(other.mask, (theirs, 0))]))
+        self.rows += other.rows
+        self.positions += other.positions
+        self.last += other.last
+        self.done += other.done
+
+    def _set(self, layers, mask) -> None:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache([(k.contiguous(), v.contiguous()) for k, v in layers])
+        self.mask = mask
+
+
+def decode(
+    model,
+    rows: Sequence[Row],
+    prefixes: PrefixCache,
+    *,
+    pad_id: int,
+    eos_ids: set[int],
+    slots: int,
+    on_done: Callable[[int, list[int], bool, float], None],
+) -> None:
+    """Decode every row with at most ``slots`` in flight; ``on_done(index, tokens, stopped, seconds)`` is called
+    as each row ends (``tokens`` without the end token; ``stopped`` is False when it hit ``max_new_tokens``;
+    ``seconds`` since the row was admitted)."""
+    import time
+
+    import torch
+
+    device = next(model.parameters()).device
+    generators = [torch.Generator(device=device).manual_seed(r.seed) for r in rows]
+    tokens: list[list[int]] = [[] for _ in rows]
+    waiting = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt.suffix), reverse=True)  # short first
+    batch = _Batch()
+    keyword = cache_keyword()
+    admitted_at = [0.0] * len(rows)
+
+    def pick(i: int, token: int) -> bool:
+        """Record row ``i``'s next token; True while the row goes on."""
+        r = rows[i]
+        if token in eos_ids:
+            on_done(i, tokens[i], True, time.perf_counter() - admitted_at[i])
+            return False
+        tokens[i].append(token)
+        if len(tokens[i]) >= r.max_new_tokens:
+            on_done(i, tokens[i], False, time.perf_counter() - admitted_at[i])
+            return False
+        return True
+
+    while waiting or batch:
+        free = slots - len(batch)
+        if waiting and (not batch or free >= max(1, slots // 4)):  # refill in groups: a join copies the cache
+            admitted = [waiting.pop() for _ in range(min(free, len(waiting)))]
+            for i in admitted:
+                admitted_at[i] = time.perf_counter()
+            joined = _prefill(model, rows, admitted, generators, prefixes, pad_id, keyword, pick)
+            joined.last = [tokens[i][-1] for i in joined.rows]
+            batch.join(joined)
+        if not batch:
+            continue
+        mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)
+        with torch.inference_mode():
+            logits = model(
+                input_ids=torch.tensor([[t] for t in batch.last], device=device),
+                attention_mask=mask,
+                position_ids=torch.tensor([[p] for p in batch.positions], device=device),
+                use_cache=True,
+                **{keyword: batch.cache},
+            ).logits[:, -1]
+        batch.mask = mask
+        live = [k for k, d in enumerate(batch.done) if not d]
+        drawn = sample(logits[live], [rows[batch.rows[k]] for k in live], [generators[batch.rows[k]] for k in live])
+        for k, token in zip(live, drawn, strict=True):
+            batch.positions[k] += 1
+            if pick(batch.rows[k], token):
+                batch.last[k] = token
+            else:
+                batch.done[k] = True
+        ended = sum(batch.done)
+        # a finished row rides along (its outputs ignored) until a few have ended: each compaction copies the cache
+        if ended and (ended >= max(1, len(batch) // 8) or (waiting and slots - len(batch) + ended >= slots // 4)):
+            batch.keep([k for k, d in enumerate(batch.done) if not d])
+
+
+def _prefill(model, rows, admitted, generators, prefixes: PrefixCache, pad_id: int, keyword: str, pick) -> _Batch:
+    """Run the admitted rows' prompts (after their cached prefixes) and draw each one's first token."""
+    import torch
+
+    inputs = prefixes.batch([rows[i].prompt for i in admitted], pad_id, next(model.parameters()).device)
+    width = inputs.prefix_width
+    if inputs.cache is None:
+        from transformers import DynamicCache
+
+        inputs.cache = DynamicCache()
+    with torch.inference_mode():
+        logits = model(
+            input_ids=inputs.input_ids[:, width:],
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids()[:, width:],
+            use_cache=True,
+            logits_to_keep=1,
+            **{keyword: inputs.cache},
+        ).logits[:, -1]
+    batch = _Batch()
+    batch.rows = list(admitted)
+    batch.cache, batch.mask = inputs.cache, inputs.attention_mask
+    batch.positions = [int(n) for n in inputs.attention_mask.sum(1).tolist()]
+    batch.last = [0] * len(admitted)  # set by the caller from each row's first token
+    drawn = sample(logits, [rows[i] for i in admitted], [generators[i] for i in admitted])
+    alive = [k for k, (i, token) in enumerate(zip(admitted, drawn, strict=True)) if pick(i, token)]
+    batch.done = [False] * len(admitted)
+    if len(alive) < len(admitted):
+        batch.keep(alive)
+    return batch
