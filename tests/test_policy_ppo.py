@@ -257,3 +257,18 @@ def test_a_rewriter_budget_stops_training_cleanly_and_keeps_the_policy(tmp_path,
     assert setup.clients["rewrite"].stats.new_calls <= 12
     assert len(load_policy(str(folder), setup.actions).select(setup.pool.seeds[:3])) == 3
     setup.ledger.close()
+
+
+def test_value_model_runs_in_bfloat16(tiny_model_dir):
+    """The value head's added bias takes the weights' dtype (a float32 bias broke the first forward in bf16)."""
+    import torch
+    from trl import ModelConfig
+
+    from teams_rl.policy.ppo import PPOPolicyConfig, _load_models
+
+    config = PPOPolicyConfig(output_dir="unused", value_init=0.25, value_lora=False)
+    _, _, value = _load_models(config, ModelConfig(model_name_or_path=tiny_model_dir, dtype="bfloat16"))
+    assert value.score.bias.dtype == value.score.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        out = value(input_ids=torch.tensor([[1, 2, 3]])).logits
+    assert float(out[0, 0]) == pytest.approx(0.25, abs=1e-2)  # zero weights: the bias alone

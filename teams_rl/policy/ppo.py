@@ -190,7 +190,10 @@ def _load_models(config: PPOPolicyConfig, model_config: ModelConfig):
         if value.score.bias is not None:
             value.score.bias.fill_(config.value_init)
         else:
-            value.score.bias = torch.nn.Parameter(torch.full((1,), config.value_init))
+            head = value.score.weight  # in the model's dtype: a float32 bias under bfloat16 weights breaks the forward
+            value.score.bias = torch.nn.Parameter(
+                torch.full((1,), config.value_init, dtype=head.dtype, device=head.device)
+            )
     if config.value_lora:
         from peft import LoraConfig, inject_adapter_in_model
 
