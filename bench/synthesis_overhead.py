@@ -192,12 +192,17 @@ def main(argv: list[str] | None = None) -> int:
         "--e2e-set", action="append", default=[], metavar="KEY=VALUE", help="end to end: a recipe override"
     )
     parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end part")
+    parser.add_argument("--skip-pipeline", action="store_true", help="skip the pipeline-vs-raw part")
     parser.add_argument("--skip-openai", action="store_true", help="skip the openai concurrency part")
     parser.add_argument(
         "--json", type=Path, default=RESULTS, help=f"results file (default: {RESULTS.relative_to(ROOT)})"
     )
     args = parser.parse_args(argv)
-    results: dict = {"machine": {"cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    results: dict = {
+        "commit": commit or None,
+        "machine": {"cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+    }
 
     if not args.skip_e2e:
         overrides = [f"--{part}" for kv in args.e2e_set for part in kv.split("=", 1)]
@@ -219,6 +224,21 @@ def main(argv: list[str] | None = None) -> int:
             f"{END_TO_END_GOAL:g} goal); / batch 1 {e2e['expert_dtype']} = {e2e['ratio_vs_same_dtype_batch_one']:.2f}"
         )
 
+    if not args.skip_pipeline:
+        _pipeline_part(args, results)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results written to {args.json}")
+
+    if not args.skip_openai:
+        import openai_concurrency
+
+        print()
+        openai_concurrency.main([])
+    return 0
+
+
+def _pipeline_part(args, results: dict) -> None:
     result = measure_pipeline(args.model, args.seeds, args.batch_size, args.max_new_tokens, args.rounds)
     ratio = result["pipeline"]["tok_s"] / result["raw"]["tok_s"]
     results["pipeline"] = {**result, "seeds": args.seeds, "batch_size": args.batch_size, "rounds": args.rounds}
@@ -233,16 +253,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{side:<10}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tok_s']:>9.2f}")
     verdict = "meets" if ratio >= PIPELINE_GOAL else "MISSES"
     print(f"pipeline / raw tokens/s = {ratio:.3f} ({verdict} the >= {PIPELINE_GOAL} goal)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results written to {args.json}")
-
-    if not args.skip_openai:
-        import openai_concurrency
-
-        print()
-        openai_concurrency.main([])
-    return 0
 
 
 if __name__ == "__main__":
