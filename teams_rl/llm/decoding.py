@@ -166,7 +166,7 @@ def decode(
             admitted = [waiting.pop() for _ in range(min(free, len(waiting)))]
             for i in admitted:
                 admitted_at[i] = time.perf_counter()
-            joined = _prefill(model, rows, admitted, generators, prefixes, pad_id, keyword, pick)
+            joined = _prefill(model, rows, admitted, generators, prefixes, pad_id, pick)
             joined.last = [tokens[i][-1] for i in joined.rows]
             batch.join(joined)
         if not batch:
@@ -195,25 +195,11 @@ def decode(
             batch.keep([k for k, d in enumerate(batch.done) if not d])
 
 
-def _prefill(model, rows, admitted, generators, prefixes: PrefixCache, pad_id: int, keyword: str, pick) -> _Batch:
+def _prefill(model, rows, admitted, generators, prefixes: PrefixCache, pad_id: int, pick) -> _Batch:
     """Run the admitted rows' prompts (after their cached prefixes) and draw each one's first token."""
-    import torch
 
     inputs = prefixes.batch([rows[i].prompt for i in admitted], pad_id, next(model.parameters()).device)
-    width = inputs.prefix_width
-    if inputs.cache is None:
-        from transformers import DynamicCache
-
-        inputs.cache = DynamicCache()
-    with torch.inference_mode():
-        logits = model(
-            input_ids=inputs.input_ids[:, width:],
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids()[:, width:],
-            use_cache=True,
-            logits_to_keep=1,
-            **{keyword: inputs.cache},
-        ).logits[:, -1]
+    logits = inputs.forward(model, logits_to_keep=1, use_cache=True)[:, -1]
     batch = _Batch()
     batch.rows = list(admitted)
     batch.cache, batch.mask = inputs.cache, inputs.attention_mask

@@ -46,6 +46,25 @@ class PaddedBatch:
         positions = self.attention_mask.long().cumsum(-1) - 1
         return positions.masked_fill(self.attention_mask == 0, 0)
 
+    def forward(self, model, *, logits_to_keep: int, use_cache: bool = False):
+        """The model on each row's tokens after the cached prefix (the cache, when kept, grows by them); the logits
+        of the last ``logits_to_keep`` positions."""
+        import torch
+        from transformers import DynamicCache
+
+        if use_cache and self.cache is None:
+            self.cache = DynamicCache()
+        width = self.prefix_width
+        with torch.inference_mode():
+            return model(
+                input_ids=self.input_ids[:, width:],
+                attention_mask=self.attention_mask,
+                position_ids=self.position_ids()[:, width:],
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **({} if self.cache is None else {cache_keyword(): self.cache}),
+            ).logits
+
 
 class PrefixCache:
     """Keys and values of prompt prefixes, computed once and reused (least recently used ones dropped).

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from teams_rl.llm.base import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
 from teams_rl.llm.decoding import Row, decode
 from teams_rl.llm.loader import CHATML_TEMPLATE, default_device, load_causal_lm, load_tokenizer
-from teams_rl.llm.prefix_cache import PrefixCache, SplitPrompt, cache_keyword
+from teams_rl.llm.prefix_cache import PrefixCache, SplitPrompt
 
 logger = logging.getLogger(__name__)
 
@@ -158,17 +158,8 @@ class TransformersBackend:
         for start in range(0, len(order), step):
             chunk = [rows[k] for k in order[start : start + step]]
             inputs = self._batch([SplitPrompt(prompts[i].prefix, prompts[i].suffix + tail) for i, _, tail in chunk])
-            width = inputs.prefix_width
             keep = max(len(tail) for *_, tail in chunk) + 1
-            cache = {} if inputs.cache is None else {cache_keyword(): inputs.cache}
-            with torch.inference_mode():
-                logits = model(
-                    input_ids=inputs.input_ids[:, width:],
-                    attention_mask=inputs.attention_mask,
-                    position_ids=inputs.position_ids()[:, width:],
-                    logits_to_keep=keep,
-                    **cache,
-                ).logits.float()
+            logits = inputs.forward(model, logits_to_keep=keep).float()
             logp = torch.log_softmax(logits, dim=-1)
             for row, (i, scored, tail) in enumerate(chunk):
                 if not tail:  # single-token choices: the prompt's last position predicts each of them
