@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     if not args.skip_e2e:
-        overrides = [f"--{part}" for kv in args.e2e_set for part in kv.split("=", 1)]
+        overrides = [arg for kv in args.e2e_set for arg in (f"--{kv.split('=', 1)[0]}", kv.split("=", 1)[1])]
         e2e = measure_end_to_end(args.e2e_seeds, args.e2e_depth, overrides, args.e2e_every)
         results["end_to_end"] = e2e
         results["end_to_end_ratio"] = e2e["ratio_vs_float32_batch_one"]
