@@ -166,9 +166,7 @@ def decode(
             admitted = [waiting.pop() for _ in range(min(free, len(waiting)))]
             for i in admitted:
                 admitted_at[i] = time.perf_counter()
-            joined = _prefill(model, rows, admitted, generators, prefixes, pad_id, pick)
-            joined.last = [tokens[i][-1] for i in joined.rows]
-            batch.join(joined)
+            batch.join(_prefill(model, rows, admitted, generators, prefixes, pad_id, pick))
         if not batch:
             continue
         mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)
@@ -197,16 +195,14 @@ def decode(
 
 def _prefill(model, rows, admitted, generators, prefixes: PrefixCache, pad_id: int, pick) -> _Batch:
     """Run the admitted rows' prompts (after their cached prefixes) and draw each one's first token."""
-
     inputs = prefixes.batch([rows[i].prompt for i in admitted], pad_id, next(model.parameters()).device)
     logits = inputs.forward(model, logits_to_keep=1, use_cache=True)[:, -1]
     batch = _Batch()
     batch.rows = list(admitted)
     batch.cache, batch.mask = inputs.cache, inputs.attention_mask
     batch.positions = [int(n) for n in inputs.attention_mask.sum(1).tolist()]
-    batch.last = [0] * len(admitted)  # set by the caller from each row's first token
-    drawn = sample(logits, [rows[i] for i in admitted], [generators[i] for i in admitted])
-    alive = [k for k, (i, token) in enumerate(zip(admitted, drawn, strict=True)) if pick(i, token)]
+    batch.last = sample(logits, [rows[i] for i in admitted], [generators[i] for i in admitted])
+    alive = [k for k, (i, token) in enumerate(zip(admitted, batch.last, strict=True)) if pick(i, token)]
     batch.done = [False] * len(admitted)
     if len(alive) < len(admitted):
         batch.keep(alive)

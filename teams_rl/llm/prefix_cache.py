@@ -34,7 +34,7 @@ class SplitPrompt:
 
 @dataclass
 class PaddedBatch:
-    """Inputs for one forward or ``generate`` call over ``[pad][prefix][pad][suffix]`` rows."""
+    """Inputs for one forward over ``[pad][prefix][pad][suffix]`` rows."""
 
     input_ids: object  # torch.LongTensor [batch, prefix_width + suffix_width]
     attention_mask: object  # 1 on real tokens

@@ -21,7 +21,8 @@ class TransformersBackend:
     Args:
         model: Hub id, local folder, or an embedded name such as ``smollm2-135m``.
         dtype: ``auto`` (float32 on CPU, bfloat16 on GPU), ``float32``, ``bfloat16`` or ``float16``.
-        batch_size: requests per forward batch; requests are grouped by ``max_new_tokens`` and sorted by length.
+        batch_size: rows decoded together (a finished row's slot goes to the next request); scoring forwards twice
+            as many.
         prefix_cache: compute the shared opening of chat prompts (system prompt, few-shot turns) once and reuse its
             keys and values (``teams_rl/llm/prefix_cache.py``).
         field: the recipe key that named the model, for error messages.
@@ -47,7 +48,7 @@ class TransformersBackend:
         self.field = field
         self._model = None
         self._tokenizer = None
-        self.prefixes: PrefixCache | None = None
+        self.prefixes: PrefixCache | None = None  # made at load; without prefix_cache it only pads batches
 
     # -- loading ---------------------------------------------------------------------------------------------
     def load(self):
@@ -61,7 +62,7 @@ class TransformersBackend:
             logger.warning("%s has no chat template; using ChatML", self.model_id)
             tokenizer.chat_template = CHATML_TEMPLATE
         self._model, self._tokenizer, self._device = model, tokenizer, device
-        self.prefixes = PrefixCache(model) if self.use_prefix_cache else None
+        self.prefixes = PrefixCache(model)
         return model, tokenizer
 
     def _template_ids(self, messages, generation_prompt: bool) -> list[int]:
@@ -76,13 +77,12 @@ class TransformersBackend:
     def _split(self, messages) -> SplitPrompt:
         """The prompt's ids, with the turns before the last one as the cacheable prefix."""
         full = self._prompt_ids(messages)
-        if self.prefixes is None or len(messages) < 2:
+        if not self.use_prefix_cache or len(messages) < 2:
             return SplitPrompt((), full)
         return self.prefixes.split(self._template_ids(messages[:-1], False), full)
 
     def _batch(self, rows: list[SplitPrompt]):
-        prefixes = self.prefixes or PrefixCache(self._model, max_entries=0)  # without the cache: padding only
-        return prefixes.batch(rows, self._tokenizer.pad_token_id, self._device)
+        return self.prefixes.batch(rows, self._tokenizer.pad_token_id, self._device)
 
     def _eos_ids(self) -> set[int]:
         eos = self._model.generation_config.eos_token_id
@@ -116,11 +116,10 @@ class TransformersBackend:
             if on_result is not None:
                 on_result(i, results[i])
 
-        prefixes = self.prefixes or PrefixCache(model, max_entries=0)
         decode(
             model,
             rows,
-            prefixes,
+            self.prefixes,
             pad_id=tokenizer.pad_token_id,
             eos_ids=self._eos_ids(),
             slots=self.batch_size,
