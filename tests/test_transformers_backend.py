@@ -260,6 +260,45 @@ def test_short_or_changed_prefix_is_not_cached(backend):
     assert cache.split(long, long).prefix == ()  # nothing left to feed
 
 
+TEMPLATE = "Do not answer the instruction below.\nRewrite it so that it asks for one thing more.\n\nInstruction: {}"
+
+
+def _templated(text: str) -> tuple[dict, ...]:
+    """A few-shot prompt whose user turns all open with the same template lines, as the action prompts do."""
+    return (
+        {"role": "system", "content": FEW_SHOT},
+        {"role": "user", "content": TEMPLATE.format("Describe a cat.")},
+        {"role": "assistant", "content": "Describe a cat in three sentences."},
+        {"role": "user", "content": TEMPLATE.format("Name a river.")},
+        {"role": "assistant", "content": "Name a river in Asia and its length."},
+        {"role": "user", "content": TEMPLATE.format(text)},
+    )
+
+
+def test_shared_opening_is_whole_lines_common_to_every_earlier_turn():
+    from teams_rl.llm.prefix_cache import shared_opening
+
+    opening = "Do not answer the instruction below.\nRewrite it so that it asks for one thing more.\n\n"
+    assert shared_opening(_templated("List three fruits.")) == opening
+    assert shared_opening(_templated("Name a river.\nAnd a sea.")) == opening  # equal to one example, not to both
+    assert shared_opening(_few_shot("List three fruits.")) == ""  # "Instruction: " ends no line
+    assert shared_opening(PROMPTS[2]) == ""  # no earlier user turn
+
+
+def test_prefix_reaches_into_the_last_turn_and_changes_no_text(backend, uncached):
+    prompts = [_templated("List three fruits."), _templated("Explain how a bicycle gear works, step by step.")]
+    split = [backend._split(m) for m in prompts]
+    turns = backend._template_ids(prompts[0][:-1], False)
+    assert split[0].prefix == split[1].prefix and len(split[0].prefix) > len(turns) + 10
+    assert all(s.ids == _ids(backend, m) for s, m in zip(split, prompts, strict=True))
+    assert backend._tokenizer.decode(split[0].suffix).lstrip().startswith("Instruction: List three fruits.")
+    for params in (GREEDY, SAMPLED):
+        reqs = [GenerationRequest(m, params, seed=60 + i) for i, m in enumerate([*prompts, SHARED[0]])]
+        cached = backend.generate(reqs)
+        assert [r.text for r in cached] == [r.text for r in uncached.generate(reqs)]
+        assert [r.text for r in cached] == [backend.generate([r])[0].text for r in reqs]
+
+
 # -- continuous batching --------------------------------------------------------------------------------------------
 def test_finished_rows_leave_and_waiting_ones_take_their_slots(backend):
     lengths = (2, 9, 4, 7, 3)
@@ -303,3 +342,51 @@ def test_nucleus_from_the_candidates_equals_the_full_sort(monkeypatch):
     assert {draws(256)[5 * k] for k in range(20)} <= nucleus
     greedy = decoding.Row(None, 8, 0.0, 0.95, 0)
     assert decoding.sample(peaked[:1], [greedy], [None]) == [int(peaked[0].argmax())]
+
+
+def test_nucleus_draws_follow_the_truncated_distribution():
+    import torch
+
+    from teams_rl.llm import decoding
+
+    logits = torch.tensor([[2.0, -5.0, 1.0, 0.0, 3.0, -1.0, -4.0]])
+    row = decoding.Row(None, 8, 1.0, 0.9, 0)
+    probs = torch.softmax(logits[0], -1)
+    ranked = probs.sort(descending=True)
+    size = int((ranked.values.cumsum(-1) - ranked.values <= 0.9).sum())
+    expected = torch.zeros_like(probs).scatter_(0, ranked.indices[:size], ranked.values[:size])
+    expected /= expected.sum()
+    generator = torch.Generator().manual_seed(0)
+    n = 6000
+    counts = torch.bincount(
+        torch.tensor([decoding.sample(logits, [row], [generator])[0] for _ in range(n)]), minlength=7
+    ).double()
+    assert counts[expected == 0].sum() == 0  # nothing outside the nucleus
+    sigma = (n * expected * (1 - expected)).sqrt()
+    assert ((counts - n * expected).abs() <= 4 * sigma + 1).all(), (counts / n, expected)
+
+
+def test_prefill_runs_in_groups_of_similar_length(backend, monkeypatch):
+    from teams_rl.llm import decoding
+
+    monkeypatch.setattr(decoding, "PREFILL_GROUP", 2)
+    model = backend._model
+    widths, forward = [], model.forward
+
+    def spy(*args, **kwargs):
+        ids = kwargs["input_ids"]
+        if ids.shape[1] > 1:
+            widths.append((ids.shape[0], ids.shape[1]))
+        return forward(*args, **kwargs)
+
+    reqs = [GenerationRequest(m, SAMPLED, seed=80 + i) for i, m in enumerate(PROMPTS)]
+    alone = [backend.generate([r])[0].text for r in reqs]
+    monkeypatch.setattr(model, "forward", spy)
+    slots, backend.batch_size = backend.batch_size, len(reqs)
+    try:
+        together = backend.generate(reqs)
+    finally:
+        backend.batch_size = slots
+    assert [rows for rows, _ in widths] == [2, 2, 2]  # six prompts admitted at once, prefilled two by two
+    assert [w for _, w in widths] == sorted(w for _, w in widths)  # shortest first: little padding in each
+    assert [r.text for r in together] == alone

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from teams_rl.llm.prefix_cache import PrefixCache, SplitPrompt, cache_keyword
 
 NUCLEUS_CANDIDATES = 256
+# Rows prefilled per forward. A join's prompts can range from 20 to 200 tokens and a forward pads them all to the
+# longest; eight length-sorted rows (hundreds of tokens a forward) waste little padding and keep the matmuls large.
+PREFILL_GROUP = 8
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,9 @@ def sample(logits, rows: Sequence[Row], generators) -> list[int]:
     with the row's own generator. Each row is computed on its own (a softmax over a whole batch may round
     differently from one over a single row, and a row must draw the same tokens whatever its batch). The nucleus
     is looked for among the ``NUCLEUS_CANDIDATES`` likeliest tokens (a top-k instead of sorting the whole
-    vocabulary for every token) and, for the rare flat distribution whose nucleus is larger, in the full sort."""
+    vocabulary for every token) and, for the rare flat distribution whose nucleus is larger, in the full sort.
+    The draw is made among the nucleus alone (``multinomial`` spends one random number per entry it is given:
+    over the whole vocabulary that was 49k per token, most of a row's sampling time)."""
     import torch
 
     picked = []
@@ -54,11 +59,12 @@ def sample(logits, rows: Sequence[Row], generators) -> list[int]:
         if cum[-1] < r.top_p:  # the nucleus reaches past the candidates
             weights, index = probs.sort(descending=True)
             cum = weights.cumsum(-1)
-        weights = weights.masked_fill(cum - weights > r.top_p, 0.0)  # the smallest set reaching top_p
+        size = int((cum - weights <= r.top_p).sum())  # the smallest set reaching top_p
         # drawn in vocabulary order, not rank order: a rank swap between two near-equal tokens (rounding that differs
         # by batch) must not change which token a draw lands on
-        nucleus = torch.zeros_like(probs).scatter_(0, index, weights)
-        picked.append(int(torch.multinomial(nucleus, 1, generator=generator)[0]))
+        index, order = index[:size].sort()
+        choice = torch.multinomial(weights[:size][order], 1, generator=generator)
+        picked.append(int(index[choice]))
     return picked
 
 
@@ -93,33 +99,36 @@ class _Batch:
         self.last = [self.last[i] for i in alive]
         self.done = [False] * len(alive)
 
-    def join(self, other: _Batch) -> None:
-        """Append ``other``'s rows, left-padding the narrower cache to the wider one."""
+    def join(self, *others: _Batch) -> None:
+        """Append the rows of ``others``, left-padding every cache to the widest (one copy, however many)."""
         import torch
         import torch.nn.functional as F
 
-        if not self.rows:
-            self.__dict__.update(other.__dict__)
+        parts = [b for b in (self, *others) if b.rows]
+        if len(parts) <= 1:
+            if parts and parts[0] is not self:
+                self.__dict__.update(parts[0].__dict__)
             return
-        width = max(self.mask.shape[1], other.mask.shape[1])
-        mine, theirs = width - self.mask.shape[1], width - other.mask.shape[1]
+        width = max(b.mask.shape[1] for b in parts)
+
+        def padded(tensors, pads):
+            return torch.cat([F.pad(t, (0, 0, pad, 0)) for t, pad in zip(tensors, pads, strict=True)])
+
+        pads = [width - b.mask.shape[1] for b in parts]
         layers = [
-            (
-                torch.cat([F.pad(a.keys, (0, 0, mine, 0)), F.pad(b.keys, (0, 0, theirs, 0))]),
-                torch.cat([F.pad(a.values, (0, 0, mine, 0)), F.pad(b.values, (0, 0, theirs, 0))]),
-            )
-            for a, b in zip(self.cache.layers, other.cache.layers, strict=True)
+            (padded([layer.keys for layer in group], pads), padded([layer.values for layer in group], pads))
+            for group in zip(*(b.cache.layers for b in parts), strict=True)
         ]
-        self._set(layers, torch.cat([F.pad(self.mask, (mine, 0)), F.pad(other.mask, (theirs, 0))]))
-        self.rows += other.rows
-        self.positions += other.positions
-        self.last += other.last
-        self.done += other.done
+        self._set(layers, torch.cat([F.pad(b.mask, (pad, 0)) for b, pad in zip(parts, pads, strict=True)]))
+        self.rows = [i for b in parts for i in b.rows]
+        self.positions = [p for b in parts for p in b.positions]
+        self.last = [t for b in parts for t in b.last]
+        self.done = [d for b in parts for d in b.done]
 
     def _set(self, layers, mask) -> None:
-        from transformers import DynamicCache
+        from teams_rl.llm.kv_cache import roomy_cache
 
-        self.cache = DynamicCache([(k.contiguous(), v.contiguous()) for k, v in layers])
+        self.cache = roomy_cache(layers)  # copied once into buffers with room to grow
         self.mask = mask
 
 
@@ -163,10 +172,12 @@ def decode(
     while waiting or batch:
         free = slots - len(batch)
         if waiting and (not batch or free >= max(1, slots // 4)):  # refill in groups: a join copies the cache
-            admitted = [waiting.pop() for _ in range(min(free, len(waiting)))]
+            admitted = [waiting.pop() for _ in range(min(free, len(waiting)))]  # shortest first
             for i in admitted:
                 admitted_at[i] = time.perf_counter()
-            batch.join(_prefill(model, rows, admitted, generators, prefixes, pad_id, pick))
+            # prefilled in groups of similar length: one padded forward over all of them computes the padding too
+            groups = [admitted[k : k + PREFILL_GROUP] for k in range(0, len(admitted), PREFILL_GROUP)]
+            batch.join(*(_prefill(model, rows, g, generators, prefixes, pad_id, pick) for g in groups))
         if not batch:
             continue
         mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)

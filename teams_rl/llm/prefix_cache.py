@@ -50,10 +50,11 @@ class PaddedBatch:
         """The model on each row's tokens after the cached prefix (the cache, when kept, grows by them); the logits
         of the last ``logits_to_keep`` positions."""
         import torch
-        from transformers import DynamicCache
+
+        from teams_rl.llm.kv_cache import roomy_cache
 
         if use_cache and self.cache is None:
-            self.cache = DynamicCache()
+            self.cache = roomy_cache()
         width = self.prefix_width
         with torch.inference_mode():
             return model(
@@ -116,7 +117,8 @@ class PrefixCache:
         """The padded inputs and the batch's prefix cache for ``rows``."""
         import torch
         import torch.nn.functional as F
-        from transformers import DynamicCache
+
+        from teams_rl.llm.kv_cache import roomy_cache
 
         prefix_width = max(len(r.prefix) for r in rows)
         suffix_width = max(len(r.suffix) for r in rows)
@@ -146,7 +148,24 @@ class PrefixCache:
                 keys.append(F.pad(k, (0, 0, lpad, 0)))
                 values.append(F.pad(v, (0, 0, lpad, 0)))
             data.append((torch.cat(keys), torch.cat(values)))
-        return PaddedBatch(input_ids, attention_mask, DynamicCache(data), prefix_width)
+        return PaddedBatch(input_ids, attention_mask, roomy_cache(data), prefix_width)
+
+
+def shared_opening(messages: Sequence[dict]) -> str:
+    """The opening lines the last turn shares with every earlier turn of its role: the fixed text of a few-shot
+    template ("Edit this instruction... Instruction: {x}") that each example turn and the real one begin with.
+    Whole lines only (up to the last line break they all share); empty when there is no earlier turn of that role
+    or nothing is shared."""
+    last = messages[-1] if messages else {}
+    text = last.get("content")
+    earlier = [m.get("content") for m in messages[:-1] if m.get("role") == last.get("role")]
+    if not isinstance(text, str) or not earlier or not all(isinstance(e, str) for e in earlier):
+        return ""
+    n = len(text)
+    for other in earlier:
+        n = min(n, len(other))
+        n = next((k for k in range(n) if text[k] != other[k]), n)
+    return text[: text.rfind("\n", 0, n) + 1]
 
 
 @functools.cache

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from teams_rl.llm.base import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
 from teams_rl.llm.decoding import Row, decode
 from teams_rl.llm.loader import CHATML_TEMPLATE, default_device, load_causal_lm, load_tokenizer
-from teams_rl.llm.prefix_cache import PrefixCache, SplitPrompt
+from teams_rl.llm.prefix_cache import PrefixCache, SplitPrompt, shared_opening
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +75,24 @@ class TransformersBackend:
         return self._template_ids(messages, True)
 
     def _split(self, messages) -> SplitPrompt:
-        """The prompt's ids, with the turns before the last one as the cacheable prefix."""
+        """The prompt's ids, with the turns before the last one, and the opening lines the last turn shares with
+        the example turns before it, as the cacheable prefix (both a function of the prompt alone)."""
         full = self._prompt_ids(messages)
         if not self.use_prefix_cache or len(messages) < 2:
             return SplitPrompt((), full)
-        return self.prefixes.split(self._template_ids(messages[:-1], False), full)
+        prefix = self._template_ids(messages[:-1], False)
+        opening = shared_opening(messages)
+        if opening:
+            text = self._tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+            at = text.rfind(messages[-1]["content"])
+            if at >= 0:
+                longer = self._tokenizer(text[: at + len(opening)], add_special_tokens=False)["input_ids"]
+                # the text's last tokens may merge differently at the cut ("\n\n" alone, "\n" "\n" before a word)
+                while longer and full[: len(longer)] != longer and len(longer) > len(prefix):
+                    longer.pop()
+                if len(longer) > len(prefix):
+                    prefix = longer
+        return self.prefixes.split(prefix, full)
 
     def _batch(self, rows: list[SplitPrompt]):
         return self.prefixes.batch(rows, self._tokenizer.pad_token_id, self._device)
