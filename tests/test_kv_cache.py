@@ -98,3 +98,23 @@ def test_the_decoder_hands_the_model_roomy_caches(tiny_model_dir):
     requests = [GenerationRequest(({"role": "user", "content": f"hi {i}"},), sampling, seed=i) for i in range(3)]
     backend.generate(requests)
     assert seen and all(kinds == {RoomyLayer} for kinds in seen)
+
+
+def test_stacked_parts_are_left_padded_with_zeros_and_rows_kept_in_place():
+    from teams_rl.llm.kv_cache import stacked_cache
+
+    a = [(torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4))]
+    b = [(torch.randn(3, 2, 3, 4), torch.randn(3, 2, 3, 4))]
+    cache = stacked_cache([a, b], [0, 2], room=3)
+    layer = cache.layers[0]
+    assert layer.keys.shape == (5, 2, 5, 4)
+    assert torch.equal(layer.keys[:2], a[0][0]) and torch.equal(layer.values[2:, :, 2:], b[0][1])
+    assert not layer.keys[2:, :, :2].any()  # the padding is zeros, never uninitialised memory
+    storage = layer.keys.untyped_storage().data_ptr()
+    layer.update(torch.ones(5, 2, 3, 4), torch.ones(5, 2, 3, 4))  # the room asked for: no reallocation
+    assert layer.keys.untyped_storage().data_ptr() == storage
+    expected = layer.keys[[1, 3, 4], :, 1:].clone()
+    layer.keep_rows([1, 3, 4], drop_columns=1)
+    assert torch.equal(layer.keys, expected) and layer.keys.untyped_storage().data_ptr() == storage
+    with pytest.raises(ValueError, match="differ in width"):
+        stacked_cache([a, b], [0, 0])

@@ -89,11 +89,11 @@ class _Batch:
         if not alive:
             self.__init__()
             return
-        index = torch.tensor(alive, device=self.mask.device)
-        mask = self.mask[index]
+        mask = self.mask[torch.tensor(alive, device=self.mask.device)]
         start = int(mask.any(0).nonzero()[0])  # leading columns that are padding for every row left
-        layers = [(layer.keys[index, :, start:], layer.values[index, :, start:]) for layer in self.cache.layers]
-        self._set(layers, mask[:, start:])
+        for layer in self.cache.layers:
+            layer.keep_rows(alive, start)  # in place
+        self.mask = mask[:, start:]
         self.rows = [self.rows[i] for i in alive]
         self.positions = [self.positions[i] for i in alive]
         self.last = [self.last[i] for i in alive]
@@ -104,32 +104,22 @@ class _Batch:
         import torch
         import torch.nn.functional as F
 
+        from teams_rl.llm.kv_cache import stacked_cache
+
         parts = [b for b in (self, *others) if b.rows]
         if len(parts) <= 1:
             if parts and parts[0] is not self:
                 self.__dict__.update(parts[0].__dict__)
             return
         width = max(b.mask.shape[1] for b in parts)
-
-        def padded(tensors, pads):
-            return torch.cat([F.pad(t, (0, 0, pad, 0)) for t, pad in zip(tensors, pads, strict=True)])
-
         pads = [width - b.mask.shape[1] for b in parts]
-        layers = [
-            (padded([layer.keys for layer in group], pads), padded([layer.values for layer in group], pads))
-            for group in zip(*(b.cache.layers for b in parts), strict=True)
-        ]
-        self._set(layers, torch.cat([F.pad(b.mask, (pad, 0)) for b, pad in zip(parts, pads, strict=True)]))
+        layers = [[(layer.keys, layer.values) for layer in b.cache.layers] for b in parts]
+        self.cache = stacked_cache(layers, pads)
+        self.mask = torch.cat([F.pad(b.mask, (pad, 0)) for b, pad in zip(parts, pads, strict=True)])
         self.rows = [i for b in parts for i in b.rows]
         self.positions = [p for b in parts for p in b.positions]
         self.last = [t for b in parts for t in b.last]
         self.done = [d for b in parts for d in b.done]
-
-    def _set(self, layers, mask) -> None:
-        from teams_rl.llm.kv_cache import roomy_cache
-
-        self.cache = roomy_cache(layers)  # copied once into buffers with room to grow
-        self.mask = mask
 
 
 def decode(
@@ -169,19 +159,19 @@ def decode(
             return False
         return True
 
-    while waiting or batch:
-        free = slots - len(batch)
-        if waiting and (not batch or free >= max(1, slots // 4)):  # refill in groups: a join copies the cache
-            admitted = [waiting.pop() for _ in range(min(free, len(waiting)))]  # shortest first
-            for i in admitted:
-                admitted_at[i] = time.perf_counter()
-            # prefilled in groups of similar length: one padded forward over all of them computes the padding too
-            groups = [admitted[k : k + PREFILL_GROUP] for k in range(0, len(admitted), PREFILL_GROUP)]
-            batch.join(*(_prefill(model, rows, g, generators, prefixes, pad_id, pick) for g in groups))
-        if not batch:
-            continue
-        mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)
-        with torch.inference_mode():
+    with torch.inference_mode():  # the caches are inference tensors: their in-place edits must happen in it too
+        while waiting or batch:
+            free = slots - len(batch)
+            if waiting and (not batch or free >= max(1, slots // 4)):  # refill in groups: a join copies the cache
+                admitted = [waiting.pop() for _ in range(min(free, len(waiting)))]  # shortest first
+                for i in admitted:
+                    admitted_at[i] = time.perf_counter()
+                # prefilled in groups of similar length: one padded forward over all of them computes the padding too
+                groups = [admitted[k : k + PREFILL_GROUP] for k in range(0, len(admitted), PREFILL_GROUP)]
+                batch.join(*(_prefill(model, rows, g, generators, prefixes, pad_id, pick) for g in groups))
+            if not batch:
+                continue
+            mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)
             logits = model(
                 input_ids=torch.tensor([[t] for t in batch.last], device=device),
                 attention_mask=mask,
@@ -189,19 +179,21 @@ def decode(
                 use_cache=True,
                 **{keyword: batch.cache},
             ).logits[:, -1]
-        batch.mask = mask
-        live = [k for k, d in enumerate(batch.done) if not d]
-        drawn = sample(logits[live], [rows[batch.rows[k]] for k in live], [generators[batch.rows[k]] for k in live])
-        for k, token in zip(live, drawn, strict=True):
-            batch.positions[k] += 1
-            if pick(batch.rows[k], token):
-                batch.last[k] = token
-            else:
-                batch.done[k] = True
-        ended = sum(batch.done)
-        # a finished row rides along (its outputs ignored) until a few have ended: each compaction copies the cache
-        if ended and (ended >= max(1, len(batch) // 8) or (waiting and slots - len(batch) + ended >= slots // 4)):
-            batch.keep([k for k, d in enumerate(batch.done) if not d])
+            batch.mask = mask
+            live = [k for k, d in enumerate(batch.done) if not d]
+            drawn = sample(
+                logits[live], [rows[batch.rows[k]] for k in live], [generators[batch.rows[k]] for k in live]
+            )
+            for k, token in zip(live, drawn, strict=True):
+                batch.positions[k] += 1
+                if pick(batch.rows[k], token):
+                    batch.last[k] = token
+                else:
+                    batch.done[k] = True
+            ended = sum(batch.done)
+            # a finished row rides along (its outputs ignored) until a few have ended: a compaction moves rows
+            if ended and (ended >= max(1, len(batch) // 8) or (waiting and slots - len(batch) + ended >= slots // 4)):
+                batch.keep([k for k, d in enumerate(batch.done) if not d])
 
 
 def _prefill(model, rows, admitted, generators, prefixes: PrefixCache, pad_id: int, pick) -> _Batch:

@@ -116,9 +116,8 @@ class PrefixCache:
     def batch(self, rows: Sequence[SplitPrompt], pad_id: int, device) -> PaddedBatch:
         """The padded inputs and the batch's prefix cache for ``rows``."""
         import torch
-        import torch.nn.functional as F
 
-        from teams_rl.llm.kv_cache import roomy_cache
+        from teams_rl.llm.kv_cache import stacked_cache
 
         prefix_width = max(len(r.prefix) for r in rows)
         suffix_width = max(len(r.suffix) for r in rows)
@@ -134,21 +133,12 @@ class PrefixCache:
 
         per_row = [self.layers(r.prefix) if r.prefix else None for r in rows]
         template = next(layers for layers in per_row if layers is not None)
-        data = []
-        for layer, (k0, v0) in enumerate(template):
-            keys, values = [], []
-            for r, layers in zip(rows, per_row, strict=True):
-                if layers is None:  # no cached prefix: all padding, masked
-                    shape = (1, k0.shape[1], prefix_width, k0.shape[3])
-                    keys.append(k0.new_zeros(shape))
-                    values.append(v0.new_zeros(shape))
-                    continue
-                k, v = layers[layer]
-                lpad = prefix_width - len(r.prefix)
-                keys.append(F.pad(k, (0, 0, lpad, 0)))
-                values.append(F.pad(v, (0, 0, lpad, 0)))
-            data.append((torch.cat(keys), torch.cat(values)))
-        return PaddedBatch(input_ids, attention_mask, roomy_cache(data), prefix_width)
+        empty = [(k[:, :, :0], v[:, :, :0]) for k, v in template]  # a row without a cached prefix: all padding
+        parts = [empty if layers is None else layers for layers in per_row]
+        pads = [prefix_width - len(r.prefix) for r in rows]
+        # one copy into buffers with room for the suffix the forward appends
+        cache = stacked_cache(parts, pads, room=suffix_width)
+        return PaddedBatch(input_ids, attention_mask, cache, prefix_width)
 
 
 def shared_opening(messages: Sequence[dict]) -> str:
