@@ -3,25 +3,15 @@ each step, and what the decoder hands the model."""
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaForCausalLM
 
 from teams_rl.llm.kv_cache import RoomyLayer, roomy_cache
 from teams_rl.llm.prefix_cache import cache_keyword
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=512,
-    )
-    return LlamaForCausalLM(config).eval()
+def model(tiny_model_dir):
+    return LlamaForCausalLM.from_pretrained(tiny_model_dir).eval()
 
 
 def _greedy(model, cache, prompt: torch.Tensor, steps: int) -> list[torch.Tensor]:

@@ -390,3 +390,16 @@ def test_prefill_runs_in_groups_of_similar_length(backend, monkeypatch):
     assert [rows for rows, _ in widths] == [2, 2, 2]  # six prompts admitted at once, prefilled two by two
     assert [w for _, w in widths] == sorted(w for _, w in widths)  # shortest first: little padding in each
     assert [r.text for r in together] == alone
+
+
+def test_a_shared_prefix_is_tokenized_once_not_per_request(backend, monkeypatch):
+    backend._prefix_ids.clear()
+    renders, render = [], backend._tokenizer.apply_chat_template
+    monkeypatch.setattr(
+        backend._tokenizer, "apply_chat_template", lambda *a, **k: renders.append(1) or render(*a, **k)
+    )
+    first = backend._split(_templated("List three fruits."))
+    assert len(renders) == 3  # the full prompt, the turns before it, the turns with the opening
+    later = [backend._split(_templated(t)) for t in ("Name a bird.", "Sort 3, 1, 2.", "Explain rain.")]
+    assert len(renders) == 6  # one each: their full prompts
+    assert all(s.prefix == first.prefix for s in later)

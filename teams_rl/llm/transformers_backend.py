@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from teams_rl.llm.base import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
@@ -13,6 +14,8 @@ from teams_rl.llm.loader import CHATML_TEMPLATE, default_device, load_causal_lm,
 from teams_rl.llm.prefix_cache import PrefixCache, SplitPrompt, shared_opening
 
 logger = logging.getLogger(__name__)
+
+PREFIX_IDS_KEPT = 64  # distinct prompt prefixes whose token ids are remembered
 
 
 class TransformersBackend:
@@ -49,6 +52,7 @@ class TransformersBackend:
         self._model = None
         self._tokenizer = None
         self.prefixes: PrefixCache | None = None  # made at load; without prefix_cache it only pads batches
+        self._prefix_ids: OrderedDict = OrderedDict()  # (turns, role, opening) -> candidate prefix ids
 
     # -- loading ---------------------------------------------------------------------------------------------
     def load(self):
@@ -80,19 +84,33 @@ class TransformersBackend:
         full = self._prompt_ids(messages)
         if not self.use_prefix_cache or len(messages) < 2:
             return SplitPrompt((), full)
-        prefix = self._template_ids(messages[:-1], False)
+        turns, longer = self._prefix_candidates(messages)
+        n = len(longer)
+        # the opening's last tokens may merge differently at the cut ("\n\n" alone, "\n" "\n" before a word)
+        while n > len(turns) and full[:n] != longer[:n]:
+            n -= 1
+        return self.prefixes.split(longer[:n] if n > len(turns) else turns, full)
+
+    def _prefix_candidates(self, messages) -> tuple[list[int], list[int]]:
+        """The ids of the turns before the last one, and of those turns plus the last turn's shared opening lines;
+        tokenized once per distinct prefix (every request of an action shares them), not once per request."""
         opening = shared_opening(messages)
+        key = (tuple((m["role"], m["content"]) for m in messages[:-1]), messages[-1]["role"], opening)
+        if key in self._prefix_ids:
+            self._prefix_ids.move_to_end(key)
+            return self._prefix_ids[key]
+        turns = self._template_ids(messages[:-1], False)
+        longer = turns
         if opening:
-            text = self._tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-            at = text.rfind(messages[-1]["content"])
+            probe = [*messages[:-1], {"role": messages[-1]["role"], "content": opening}]
+            text = self._tokenizer.apply_chat_template(probe, add_generation_prompt=False, tokenize=False)
+            at = text.rfind(opening)
             if at >= 0:
                 longer = self._tokenizer(text[: at + len(opening)], add_special_tokens=False)["input_ids"]
-                # the text's last tokens may merge differently at the cut ("\n\n" alone, "\n" "\n" before a word)
-                while longer and full[: len(longer)] != longer and len(longer) > len(prefix):
-                    longer.pop()
-                if len(longer) > len(prefix):
-                    prefix = longer
-        return self.prefixes.split(prefix, full)
+        self._prefix_ids[key] = (turns, list(longer))
+        if len(self._prefix_ids) > PREFIX_IDS_KEPT:
+            self._prefix_ids.popitem(last=False)
+        return self._prefix_ids[key]
 
     def _batch(self, rows: list[SplitPrompt]):
         return self.prefixes.batch(rows, self._tokenizer.pad_token_id, self._device)
