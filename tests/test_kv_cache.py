@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
-from teams_rl.llm.kv_cache import RoomyLayer, roomy_cache
+from teams_rl.llm.kv_cache import RoomyLayer, roomy_cache, stacked_cache
 from teams_rl.llm.prefix_cache import cache_keyword
 
 
@@ -57,7 +57,7 @@ def test_a_step_writes_in_place_until_the_room_runs_out():
 
 def test_filled_from_layers_and_selected_by_row():
     data = [(torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)) for _ in range(2)]
-    cache = roomy_cache(data)
+    cache = stacked_cache([data], [0])
     for layer, (k, v) in zip(cache.layers, data, strict=True):
         assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
     cache.layers[0].batch_select_indices(torch.tensor([2, 0]))
@@ -91,8 +91,6 @@ def test_the_decoder_hands_the_model_roomy_caches(tiny_model_dir):
 
 
 def test_stacked_parts_are_left_padded_with_zeros_and_rows_kept_in_place():
-    from teams_rl.llm.kv_cache import stacked_cache
-
     a = [(torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4))]
     b = [(torch.randn(3, 2, 3, 4), torch.randn(3, 2, 3, 4))]
     cache = stacked_cache([a, b], [0, 2], room=3)

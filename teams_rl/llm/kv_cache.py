@@ -95,17 +95,18 @@ class RoomyLayer(DynamicLayer):
         self.update(keys, values)
 
 
-def roomy_cache(layers: Sequence[tuple[object, object]] = ()) -> DynamicCache:
-    """A ``DynamicCache`` of ``RoomyLayer``s, filled with ``layers`` (per layer (keys, values)) when given;
-    otherwise each layer is made on the model's first write to it."""
-    return stacked_cache([layers], [0]) if layers else _empty_cache()
+def roomy_cache() -> DynamicCache:
+    """An empty ``DynamicCache`` whose layers are ``RoomyLayer``s, each made on the model's first write to it."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = RoomyLayer
+    return cache
 
 
 def stacked_cache(parts: Sequence[Sequence[tuple[object, object]]], pads: Sequence[int], room: int = 0):
     """One cache holding the rows of several, part ``p`` left-padded by ``pads[p]`` zero positions (masked by the
     caller) so that all are as wide; each value is copied once, into buffers with ``room`` + spare free positions.
     A part is, per layer, (keys, values) of shape [rows, kv heads, positions, head dim]."""
-    cache = _empty_cache()
+    cache = roomy_cache()
     widths = {pad + layers[0][0].shape[-2] for layers, pad in zip(parts, pads, strict=True)}
     if len(widths) != 1:
         raise ValueError(f"padded parts differ in width: {sorted(widths)}")
@@ -127,10 +128,4 @@ def stacked_cache(parts: Sequence[Sequence[tuple[object, object]]], pads: Sequen
         layer._buffers, layer._rows, layer._start, layer._end = buffers, rows, 0, width
         layer._view()
         cache.layers.append(layer)
-    return cache
-
-
-def _empty_cache() -> DynamicCache:
-    cache = DynamicCache()
-    cache.layer_class_to_replicate = RoomyLayer
     return cache

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -151,11 +152,8 @@ def shared_opening(messages: Sequence[dict]) -> str:
     earlier = [m.get("content") for m in messages[:-1] if m.get("role") == last.get("role")]
     if not isinstance(text, str) or not earlier or not all(isinstance(e, str) for e in earlier):
         return ""
-    n = len(text)
-    for other in earlier:
-        n = min(n, len(other))
-        n = next((k for k in range(n) if text[k] != other[k]), n)
-    return text[: text.rfind("\n", 0, n) + 1]
+    shared = os.path.commonprefix([text, *earlier])
+    return shared[: shared.rfind("\n") + 1]
 
 
 @functools.cache
