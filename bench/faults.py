@@ -387,8 +387,9 @@ def _ledger_dump(path: Path) -> tuple[int, int, str]:
 
 def run_case(case: Case, conn) -> Row:
     from teams_rl.core.errors import TeamsRLError
-    from teams_rl.llm.ledger import Ledger, RoleClient
+    from teams_rl.llm.ledger import Ledger
     from teams_rl.llm.openai_backend import OpenAIBackend
+    from teams_rl.llm.role_client import RoleClient
 
     row = Row(case.name, case.did, case.expect)
     if case.server is not None:

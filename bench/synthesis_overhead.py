@@ -48,7 +48,8 @@ from teams_rl.env.reviewer import Reviewer
 from teams_rl.env.seeds import load_seeds
 from teams_rl.llm.base import GenerationRequest, SamplingParams
 from teams_rl.llm.embeddings import load_embedder
-from teams_rl.llm.ledger import Budget, Ledger, RoleClient
+from teams_rl.llm.ledger import Ledger
+from teams_rl.llm.role_client import Budget, RoleClient
 from teams_rl.llm.transformers_backend import TransformersBackend
 from teams_rl.policy.random import RandomPolicy
 

@@ -98,7 +98,8 @@ def test_shipped_recipe_parses():
 
 
 def test_ledger_command_prints_roles(tmp_path, capsys):
-    from teams_rl.llm.ledger import Ledger, RoleClient
+    from teams_rl.llm.ledger import Ledger
+    from teams_rl.llm.role_client import RoleClient
     from tests.scripted import make_backend
 
     ledger = Ledger(tmp_path / "ledger.sqlite")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from teams_rl.llm.base import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
-from teams_rl.llm.ledger import Ledger, RoleClient
+from teams_rl.llm.ledger import Ledger
+from teams_rl.llm.role_client import RoleClient
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 

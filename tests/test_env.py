@@ -22,7 +22,8 @@ from teams_rl.env.reviewer import Reviewer
 from teams_rl.env.screens import ANSWERED, DRIFTED, SHRUNK
 from teams_rl.env.seeds import Seed
 from teams_rl.llm.base import GenerationResult, SamplingParams
-from teams_rl.llm.ledger import Ledger, RoleClient
+from teams_rl.llm.ledger import Ledger
+from teams_rl.llm.role_client import RoleClient
 from teams_rl.llm.scripted import ScriptedBackend
 
 POEM = "Write a poem."

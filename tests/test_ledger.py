@@ -7,7 +7,8 @@ import pytest
 
 from teams_rl.core.errors import BudgetExhausted
 from teams_rl.llm.base import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
-from teams_rl.llm.ledger import Budget, Ledger, RoleClient
+from teams_rl.llm.ledger import Ledger
+from teams_rl.llm.role_client import Budget, RoleClient
 from teams_rl.llm.scripted import ScriptedBackend
 
 NEG_INF = float("-inf")

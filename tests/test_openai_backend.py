@@ -357,7 +357,8 @@ def test_each_answer_is_in_the_ledger_as_soon_as_it_arrives(tmp_path):
     import sqlite3
     import threading
 
-    from teams_rl.llm.ledger import Ledger, RoleClient
+    from teams_rl.llm.ledger import Ledger
+    from teams_rl.llm.role_client import RoleClient
 
     with FakeOpenAIServer(hang=lambda m: last_user(m) == "slow", hang_s=30.0, reply=lambda m: "quick") as server:
         ledger = Ledger(tmp_path / "ledger.sqlite")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from teams_rl.env.environment import State
-from teams_rl.llm.ledger import Budget
+from teams_rl.llm.role_client import Budget
 from teams_rl.policy import classic, load_policy
 from teams_rl.policy.classic import ClassicConfig, ClassicPolicy, conjugate_gradient, gae
 from tests.policy_helpers import ACTIONS, make_setup

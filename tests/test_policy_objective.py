@@ -15,7 +15,8 @@ from teams_rl.env.reviewer import Reviewer
 from teams_rl.env.screens import ANSWERED, ScreenArguments, Screens
 from teams_rl.env.seeds import BUILTIN, load_seeds, split_seeds
 from teams_rl.llm.base import SamplingParams
-from teams_rl.llm.ledger import Ledger, RoleClient
+from teams_rl.llm.ledger import Ledger
+from teams_rl.llm.role_client import RoleClient
 from teams_rl.llm.scripted import ScriptedBackend
 from teams_rl.policy.headroom import rows_per_call, summarize
 

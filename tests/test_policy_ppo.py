@@ -246,7 +246,7 @@ def test_recipe_parses_and_names_the_run(monkeypatch):
 
 
 def test_a_rewriter_budget_stops_training_cleanly_and_keeps_the_policy(tmp_path, monkeypatch, tiny_model_dir):
-    from teams_rl.llm.ledger import Budget
+    from teams_rl.llm.role_client import Budget
 
     setup, _ = make_setup(tmp_path, monkeypatch, preferred="deepen", instructor_model=tiny_model_dir, episode_slots=16)
     setup.clients["rewrite"].budget = Budget(max_calls=12)  # step 1 pays for <= 8; a later step runs out

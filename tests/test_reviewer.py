@@ -8,7 +8,8 @@ from teams_rl.core.errors import TeamsRLError
 from teams_rl.env.reviewer import MODES, VERDICT, Reviewer, ReviewItem, parse_modes
 from teams_rl.llm.base import ScoreResult
 from teams_rl.llm.embeddings import load_embedder
-from teams_rl.llm.ledger import Ledger, RoleClient
+from teams_rl.llm.ledger import Ledger
+from teams_rl.llm.role_client import RoleClient
 from teams_rl.llm.scripted import ScriptedBackend
 
 NEG_INF = float("-inf")

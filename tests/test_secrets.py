@@ -115,7 +115,8 @@ def test_saved_recipes_mask_url_credentials_and_key_values(key_env, monkeypatch)
 
 def test_the_ledger_stores_masked_errors_and_answers_and_returns_the_same_on_a_rerun(key_env, tmp_path):
     from teams_rl.llm.base import GenerationRequest, GenerationResult, SamplingParams
-    from teams_rl.llm.ledger import Ledger, RoleClient
+    from teams_rl.llm.ledger import Ledger
+    from teams_rl.llm.role_client import RoleClient
 
     class Echo:
         model_id = "echo"

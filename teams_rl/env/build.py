@@ -20,7 +20,8 @@ from teams_rl.env.screens import ScreenArguments, Screens
 from teams_rl.env.seeds import BUILTIN, Seed, load_seeds, split_seeds
 from teams_rl.llm.embeddings import load_embedder
 from teams_rl.llm.factory import BackendPool, sampling_from
-from teams_rl.llm.ledger import Ledger, RoleClient
+from teams_rl.llm.ledger import Ledger
+from teams_rl.llm.role_client import RoleClient
 
 ReviewerArguments = role_arguments("reviewer", temperature=0.0, top_p=1.0, max_new_tokens=12)
 

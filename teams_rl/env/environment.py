@@ -18,7 +18,7 @@ from teams_rl.env.parsing import (
 from teams_rl.env.reviewer import Review, Reviewer, ReviewItem
 from teams_rl.env.screens import ANSWERED, DRIFTED, SHRUNK, Screens
 from teams_rl.llm.base import GenerationRequest, SamplingParams
-from teams_rl.llm.ledger import RoleClient
+from teams_rl.llm.role_client import RoleClient
 
 # Why a rewrite is dropped. The first four are the paper's rules; the rest are failures of the call itself.
 NO_GAIN = "no_gain"  # the reviewer sees no information gain (or the rewrite equals its parent)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.env.parsing import parse_grade, parse_judgement
 from teams_rl.llm.base import GenerationRequest, SamplingParams, ScoreRequest, ScoreResult
-from teams_rl.llm.ledger import RoleClient
+from teams_rl.llm.role_client import RoleClient
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.llm.base import Backend, SamplingParams
-from teams_rl.llm.ledger import Budget, Ledger, RoleClient
+from teams_rl.llm.ledger import Ledger
+from teams_rl.llm.role_client import Budget, RoleClient
 
 BACKENDS = ("transformers", "openai", "python")
 

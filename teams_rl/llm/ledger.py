@@ -3,7 +3,6 @@ and hard per-role budgets."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -13,13 +12,12 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from teams_rl.core import secrets
-from teams_rl.core.errors import BudgetExhausted, TeamsRLError
+from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import store_errors, unwritable
-from teams_rl.llm.base import Backend, GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
 
 logger = logging.getLogger(__name__)
 
@@ -244,134 +242,3 @@ def _masked_record(record: dict, values: Sequence[str]) -> dict:
     if isinstance(out.get("error"), str):
         out["error"] = secrets.mask(out["error"], values)
     return out
-
-
-def _masked_result(res, values: Sequence[str]):
-    """``res`` as the ledger will give it back on a re-run (see ``_masked_record``), so both runs see the same."""
-    changes = {}
-    if isinstance(getattr(res, "text", None), str):
-        changes["text"] = secrets.mask_known(res.text, values)
-    if isinstance(res.error, str):
-        changes["error"] = secrets.mask(res.error, values)
-    changed = {k: v for k, v in changes.items() if v != getattr(res, k)}
-    return dataclasses.replace(res, **changed) if changed else res
-
-
-@dataclass
-class Budget:
-    """Hard caps for one role over the whole ledger. ``max_calls`` is exact: never exceeded.
-    ``max_tokens`` is checked before each batch, so it may be passed by at most one batch."""
-
-    max_calls: int | None = None
-    max_tokens: int | None = None
-
-
-@dataclass
-class RunStats:
-    """What this process spent for one role: new calls paid for vs calls answered by the ledger."""
-
-    new_calls: int = 0
-    cached_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    errors: int = 0
-    finish_reasons: dict[str, int] = field(default_factory=dict)
-
-
-class RoleClient:
-    """A backend seen through the ledger under one role: what every stage calls instead of a backend."""
-
-    def __init__(self, backend: Backend, ledger: Ledger, role: str, budget: Budget | None = None):
-        self.backend = backend
-        self.ledger = ledger
-        self.role = role
-        self.budget = budget or Budget()
-        self.stats = RunStats()
-        # the key's variable and a base_url's password are masked wherever this process writes or logs
-        secrets.register_env(getattr(backend, "api_key_env", None))
-        secrets.register_url(getattr(backend, "base_url", None))
-
-    @property
-    def model_id(self) -> str:
-        return self.backend.model_id
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        payloads = [{"messages": list(r.messages), "sampling": r.sampling.to_dict(), "seed": r.seed} for r in requests]
-        return self._run("generate", requests, payloads, self.backend.generate, GenerationResult)
-
-    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        payloads = [{"messages": list(r.messages), "choices": list(r.choices), "seed": r.seed} for r in requests]
-        return self._run("score", requests, payloads, self.backend.score, ScoreResult)
-
-    def _run(self, kind, requests, payloads, call, result_type):
-        model = self.backend.model_id
-        keys = [Ledger.key(self.role, model, kind, p) for p in payloads]
-        cached = self.ledger.get_many(keys)
-        results: list = [None] * len(requests)
-        missing: dict[str, list[int]] = {}  # identical requests in one batch are paid once
-        for i, key in enumerate(keys):
-            if key in cached:
-                results[i] = result_type(**cached[key], cached=True)
-                self.stats.cached_calls += 1
-            else:
-                missing.setdefault(key, []).append(i)
-        todo = list(missing)
-        n_allowed, blocked = self._allowed(len(todo))
-        allowed = todo[:n_allowed]
-        if allowed:
-            values = secrets.secret_values()
-
-            def row(key, res) -> tuple:
-                record = {f: v for f, v in vars(res).items() if f != "cached"}
-                first = payloads[missing[key][0]]
-                tokens = getattr(res, "completion_tokens", 0)
-                reason = getattr(res, "finish_reason", None)
-                return key, self.role, model, kind, first, record, res.prompt_tokens, tokens, res.latency_s, reason
-
-            committed: set[str] = set()
-
-            def commit_one(j: int, res) -> None:
-                """An answer is committed as it arrives, so a kill loses only the calls still in flight."""
-                res = _masked_result(res, values)
-                if res.ok:
-                    self.ledger.put_many([row(allowed[j], res)])
-                    committed.add(allowed[j])
-
-            streaming = {"on_result": commit_one} if getattr(self.backend, "reports_each_result", False) else {}
-            batch = [requests[missing[k][0]] for k in allowed]
-            fresh = [_masked_result(r, values) for r in call(batch, **streaming)]
-            rows, errors = [], []
-            for key, res in zip(allowed, fresh, strict=True):
-                for i in missing[key]:
-                    results[i] = res
-                if res.ok:
-                    self._count(res)
-                    if key not in committed:
-                        rows.append(row(key, res))
-                else:
-                    self.stats.errors += 1
-                    errors.append(res.error or "error")
-            self.ledger.put_many(rows)
-            self.ledger.record_errors(self.role, model, kind, errors)
-        if blocked:
-            raise BudgetExhausted(self.role, blocked)
-        return results
-
-    def _count(self, res) -> None:
-        self.stats.new_calls += 1
-        self.stats.prompt_tokens += res.prompt_tokens
-        self.stats.completion_tokens += getattr(res, "completion_tokens", 0)
-        reason = getattr(res, "finish_reason", "score")
-        self.stats.finish_reasons[reason] = self.stats.finish_reasons.get(reason, 0) + 1
-
-    def _allowed(self, n: int) -> tuple[int, str | None]:
-        """How many of ``n`` new calls the budget admits, and why the rest are blocked."""
-        if n == 0 or (self.budget.max_calls is None and self.budget.max_tokens is None):
-            return n, None
-        spent = self.ledger.totals().get(self.role, RoleTotals())
-        if self.budget.max_tokens is not None and spent.tokens >= self.budget.max_tokens:
-            return 0, f"{spent.tokens} tokens spent, max_tokens={self.budget.max_tokens}"
-        if self.budget.max_calls is not None and spent.calls + n > self.budget.max_calls:
-            left = max(0, self.budget.max_calls - spent.calls)
-            return left, f"{spent.calls + left} calls spent, max_calls={self.budget.max_calls}"
-        return n, None

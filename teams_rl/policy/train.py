@@ -30,7 +30,8 @@ from teams_rl.env.build import (
     select_seeds,
 )
 from teams_rl.env.environment import EvolutionEnv, State
-from teams_rl.llm.ledger import Ledger, RoleClient
+from teams_rl.llm.ledger import Ledger
+from teams_rl.llm.role_client import RoleClient
 from teams_rl.policy.instructor import POLICY_FILE
 from teams_rl.policy.plots import PLOT_FILES
 from teams_rl.policy.rollout import EpisodePool, PolicyReward
