@@ -22,6 +22,7 @@ from teams_rl.core.bounds import (
     POSITIVE,
     PROBABILITY,
     TEMPERATURE,
+    UNIT,
     Bound,
     bound_of,
     check_value,
@@ -38,9 +39,10 @@ ROLE_FIELDS: list[tuple[str, type, object, str, Bound]] = [
         "backend",
         str,
         "transformers",
-        "transformers (in-process), openai (any OpenAI-compatible server), or python "
-        "(model: package.module:factory, a backend of your own).",
-        one_of("transformers", "openai", "python"),
+        "transformers (in-process), openai (any OpenAI-compatible server), openai_batch (the same server's Batch "
+        "API: one job per batch of calls, OpenAI bills it at half price), or python (model: package.module:factory, "
+        "a backend of your own).",
+        one_of("transformers", "openai", "openai_batch", "python"),
     ),
     ("base_url", str | None, None, "Server URL for the openai backend, e.g. http://localhost:8000/v1.", None),
     (
@@ -64,6 +66,24 @@ ROLE_FIELDS: list[tuple[str, type, object, str, Bound]] = [
     ("timeout_s", float, 120.0, "openai backend: per-request timeout in seconds.", POSITIVE),
     ("max_calls", int | None, None, "Hard budget: most calls this role may make in the run folder.", BUDGET),
     ("max_tokens", int | None, None, "Hard budget: most tokens (prompt + completion) this role may spend.", BUDGET),
+    (
+        "usd_per_mtok_in",
+        float | None,
+        None,
+        "Price in US dollars per million prompt tokens (null: unpriced; `teams-rl ledger --prices` prices a run "
+        "afterwards).",
+        BUDGET,
+    ),
+    ("usd_per_mtok_out", float | None, None, "Price in US dollars per million completion tokens.", BUDGET),
+    ("batch_discount", float, 0.5, "Share of the price the openai_batch route saves (OpenAI's Batch API: 0.5).", UNIT),
+    (
+        "max_usd",
+        float | None,
+        None,
+        "Hard budget: most US dollars this role may spend in the run folder (needs both prices).",
+        BUDGET,
+    ),
+    ("batch_poll_s", float, 30.0, "openai_batch backend: seconds between two polls of a Batch job.", POSITIVE),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.llm.base import Backend, SamplingParams
 from teams_rl.llm.ledger import Ledger
+from teams_rl.llm.prices import role_price
 from teams_rl.llm.role_client import Budget, RoleClient
 
 BACKENDS = ("transformers", "openai", "python")
@@ -61,8 +62,11 @@ class BackendPool:
 
     def client(self, settings: dict, role: str, ledger: Ledger) -> RoleClient:
         """The role's backend behind the ledger, with the role's budget."""
-        budget = Budget(max_calls=settings.get("max_calls"), max_tokens=settings.get("max_tokens"))
-        return RoleClient(self.get(settings, role), ledger, role, budget)
+        budget = Budget(
+            max_calls=settings.get("max_calls"), max_tokens=settings.get("max_tokens"), max_usd=settings.get("max_usd")
+        )
+        price = role_price(settings, role)
+        return RoleClient(self.get(settings, role), ledger, role, budget, price)
 
 
 def sampling_from(settings: dict, **override) -> SamplingParams:

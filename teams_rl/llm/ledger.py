@@ -45,7 +45,23 @@ CREATE INDEX IF NOT EXISTS calls_role ON calls(role);
 CREATE TABLE IF NOT EXISTS errors (
     role TEXT NOT NULL, model TEXT NOT NULL, kind TEXT NOT NULL, error TEXT NOT NULL, created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS batch_jobs (
+    fingerprint TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    model TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
 """
+# Columns added after the first release: a ledger written before them gets them (NULL in old rows) when opened.
+_ADDED_COLUMNS = (("calls", "usd", "REAL"), ("calls", "batch", "INTEGER NOT NULL DEFAULT 0"))
+_CALL_COLUMNS = (
+    "key, role, model, kind, request, response, prompt_tokens, completion_tokens, latency_s, finish_reason, created, "
+    "usd, batch"
+)
 
 
 @dataclass
@@ -57,6 +73,8 @@ class RoleTotals:
     completion_tokens: int = 0
     latency_s: float = 0.0
     errors: int = 0
+    usd: float = 0.0  # the priced calls' dollars
+    unpriced_calls: int = 0  # calls recorded with no price (an unpriced role, or a ledger older than prices)
 
     @property
     def tokens(self) -> int:
@@ -87,7 +105,18 @@ class Ledger:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # with WAL: a commit survives a kill; the file stays whole
             self.db.executescript(_SCHEMA)
+            self._add_columns()
             self.db.commit()
+
+    def _add_columns(self) -> None:
+        for table, column, decl in _ADDED_COLUMNS:
+            present = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                try:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                except sqlite3.OperationalError as err:
+                    if "duplicate column" not in str(err):  # another process added it a moment ago
+                        raise
 
     def _create(self) -> None:
         """A new ledger appears whole (schema written, WAL mode set) under its name, never as a 0-byte file a kill
@@ -176,14 +205,15 @@ class Ledger:
 
     def put_many(self, rows: Sequence[tuple]) -> None:
         """Store ``(key, role, model, kind, request, response, prompt_tokens, completion_tokens, latency_s,
-        finish_reason)`` tuples in one transaction, so a kill -9 leaves all of them or none."""
+        finish_reason[, usd, batch])`` tuples in one transaction, so a kill -9 leaves all of them or none. ``usd`` is
+        the call's price (None: unpriced); ``batch`` marks a call made through a Batch API."""
         if not rows:
             return
         now = time.time()
         values = secrets.secret_values()
         with self._errors(), self.db:
             self.db.executemany(
-                "INSERT OR IGNORE INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR IGNORE INTO calls ({_CALL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         k,
@@ -197,8 +227,10 @@ class Ledger:
                         lat,
                         fr,
                         now,
+                        usd,
+                        int(batch),
                     )
-                    for k, ro, m, ki, rq, rs, pt, ct, lat, fr in rows
+                    for k, ro, m, ki, rq, rs, pt, ct, lat, fr, usd, batch in (_priced(r) for r in rows)
                 ],
             )
 
@@ -217,14 +249,58 @@ class Ledger:
     def totals(self) -> dict[str, RoleTotals]:
         out: dict[str, RoleTotals] = {}
         with self._errors():
-            for role, calls, pt, ct, lat in self.db.execute(
-                "SELECT role, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(latency_s) "
-                "FROM calls GROUP BY role"
+            for role, calls, pt, ct, lat, usd, unpriced in self.db.execute(
+                "SELECT role, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(latency_s), SUM(usd), "
+                "SUM(usd IS NULL) FROM calls GROUP BY role"
             ):
-                out[role] = RoleTotals(calls, pt or 0, ct or 0, lat or 0.0)
+                out[role] = RoleTotals(calls, pt or 0, ct or 0, lat or 0.0, usd=usd or 0.0, unpriced_calls=unpriced)
             for role, n in self.db.execute("SELECT role, COUNT(*) FROM errors GROUP BY role"):
                 out.setdefault(role, RoleTotals()).errors = n
         return out
+
+    def spend_by_model(self) -> list[tuple[str, str, bool, int, int, int]]:
+        """``(role, model, batch, calls, prompt_tokens, completion_tokens)`` groups, for pricing a run afterwards."""
+        with self._errors():
+            return [
+                (role, model, bool(batch), calls, pt or 0, ct or 0)
+                for role, model, batch, calls, pt, ct in self.db.execute(
+                    "SELECT role, model, batch, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens) FROM calls "
+                    "GROUP BY role, model, batch ORDER BY role, model, batch"
+                )
+            ]
+
+    def batch_job(self, fingerprint: str) -> dict | None:
+        """The Batch job recorded for this set of calls, if any: ``batch_id``, ``status``, ``requests``."""
+        with self._errors():
+            row = self.db.execute(
+                "SELECT batch_id, status, requests FROM batch_jobs WHERE fingerprint = ?", (fingerprint,)
+            ).fetchone()
+        return None if row is None else {"batch_id": row[0], "status": row[1], "requests": row[2]}
+
+    def record_batch_job(self, fingerprint: str, role: str, model: str, batch_id: str, requests: int) -> None:
+        """Commit a submitted job before anyone waits on it, so a crash during the wait resumes by polling it."""
+        now = time.time()
+        with self._errors(), self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO batch_jobs VALUES (?,?,?,?,?,?,?,?)",
+                (fingerprint, role, secrets.mask(model), batch_id, requests, "submitted", now, now),
+            )
+
+    def set_batch_status(self, fingerprint: str, status: str) -> None:
+        with self._errors(), self.db:
+            self.db.execute(
+                "UPDATE batch_jobs SET status = ?, updated = ? WHERE fingerprint = ?",
+                (status, time.time(), fingerprint),
+            )
+
+    def batch_jobs(self) -> list[dict]:
+        with self._errors():
+            rows = self.db.execute(
+                "SELECT fingerprint, role, model, batch_id, requests, status, created, updated FROM batch_jobs "
+                "ORDER BY created"
+            ).fetchall()
+        names = ("fingerprint", "role", "model", "batch_id", "requests", "status", "created", "updated")
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def close(self) -> None:
         """Close (SQLite folds the WAL back into the file). Never raises: what was committed is already safe."""
@@ -234,6 +310,11 @@ class Ledger:
             self.db.close()
         except sqlite3.Error as err:
             logger.warning("closing %s: %s (its committed calls are safe in %s-wal)", self.path, err, self.path)
+
+
+def _priced(row: tuple) -> tuple:
+    """A call row with its price and route: ``put_many`` also takes the older 10-field rows (unpriced, direct)."""
+    return row if len(row) == 12 else (*row, None, False)
 
 
 def _masked_record(record: dict, values: Sequence[str]) -> dict:

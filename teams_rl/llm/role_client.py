@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ from teams_rl.core import secrets
 from teams_rl.core.errors import BudgetExhausted
 from teams_rl.llm.base import Backend, GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
 from teams_rl.llm.ledger import Ledger, RoleTotals
+from teams_rl.llm.prices import Price
 
 
 def _masked_result(res, values: Sequence[str]):
@@ -25,11 +27,33 @@ def _masked_result(res, values: Sequence[str]):
 
 @dataclass
 class Budget:
-    """Hard caps for one role over the whole ledger. ``max_calls`` is exact: never exceeded.
-    ``max_tokens`` is checked before each batch, so it may be passed by at most one batch."""
+    """Hard caps for one role over the whole ledger. ``max_calls`` is exact: never exceeded. ``max_tokens`` and
+    ``max_usd`` are checked before each batch (a call's tokens are known only once it is answered), so either may be
+    passed by at most one batch."""
 
     max_calls: int | None = None
     max_tokens: int | None = None
+    max_usd: float | None = None
+
+
+class BatchJournal:
+    """What a Batch backend (``submits_batches = True``) gets with one set of calls: the job it submitted for this
+    very set (the same ledger keys) is committed to the ledger before it waits, so a process that died waiting
+    polls that job on its re-run instead of paying for a second one."""
+
+    def __init__(self, ledger: Ledger, role: str, model: str, keys: Sequence[str]):
+        self.ledger, self.role, self.model, self.requests = ledger, role, model, len(keys)
+        self.fingerprint = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+
+    def recorded(self) -> dict | None:
+        """``{"batch_id", "status", "requests"}`` of the job recorded for this set of calls, if any."""
+        return self.ledger.batch_job(self.fingerprint)
+
+    def submitted(self, batch_id: str) -> None:
+        self.ledger.record_batch_job(self.fingerprint, self.role, self.model, batch_id, self.requests)
+
+    def status(self, status: str) -> None:
+        self.ledger.set_batch_status(self.fingerprint, status)
 
 
 @dataclass
@@ -41,17 +65,30 @@ class RunStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: int = 0
+    usd: float = 0.0  # what the new calls cost (0 when the role is unpriced)
     finish_reasons: dict[str, int] = field(default_factory=dict)
 
 
 class RoleClient:
-    """A backend seen through the ledger under one role: what every stage calls instead of a backend."""
+    """A backend seen through the ledger under one role: what every stage calls instead of a backend.
 
-    def __init__(self, backend: Backend, ledger: Ledger, role: str, budget: Budget | None = None):
+    With a ``price`` each new call is recorded with its dollars (the Batch route's discount applied when the backend
+    says ``batch_route = True``), which ``teams-rl ledger`` sums and ``Budget.max_usd`` caps."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        ledger: Ledger,
+        role: str,
+        budget: Budget | None = None,
+        price: Price | None = None,
+    ):
         self.backend = backend
         self.ledger = ledger
         self.role = role
         self.budget = budget or Budget()
+        self.price = price
+        self.batch_route = bool(getattr(backend, "batch_route", False))
         self.stats = RunStats()
         # the key's variable and a base_url's password are masked wherever this process writes or logs
         secrets.register_env(getattr(backend, "api_key_env", None))
@@ -92,7 +129,9 @@ class RoleClient:
                 first = payloads[missing[key][0]]
                 tokens = getattr(res, "completion_tokens", 0)
                 reason = getattr(res, "finish_reason", None)
-                return key, self.role, model, kind, first, record, res.prompt_tokens, tokens, res.latency_s, reason
+                usd = self._usd(res)
+                pt, lat = res.prompt_tokens, res.latency_s
+                return key, self.role, model, kind, first, record, pt, tokens, lat, reason, usd, self.batch_route
 
             committed: set[str] = set()
 
@@ -103,9 +142,11 @@ class RoleClient:
                     self.ledger.put_many([row(allowed[j], res)])
                     committed.add(allowed[j])
 
-            streaming = {"on_result": commit_one} if getattr(self.backend, "reports_each_result", False) else {}
+            extra = {"on_result": commit_one} if getattr(self.backend, "reports_each_result", False) else {}
+            if getattr(self.backend, "submits_batches", False):
+                extra["journal"] = BatchJournal(self.ledger, self.role, model, allowed)
             batch = [requests[missing[k][0]] for k in allowed]
-            fresh = [_masked_result(r, values) for r in call(batch, **streaming)]
+            fresh = [_masked_result(r, values) for r in call(batch, **extra)]
             rows, errors = [], []
             for key, res in zip(allowed, fresh, strict=True):
                 for i in missing[key]:
@@ -123,8 +164,14 @@ class RoleClient:
             raise BudgetExhausted(self.role, blocked)
         return results
 
+    def _usd(self, res) -> float | None:
+        if self.price is None:
+            return None
+        return self.price.cost(res.prompt_tokens, getattr(res, "completion_tokens", 0), batch=self.batch_route)
+
     def _count(self, res) -> None:
         self.stats.new_calls += 1
+        self.stats.usd += self._usd(res) or 0.0
         self.stats.prompt_tokens += res.prompt_tokens
         self.stats.completion_tokens += getattr(res, "completion_tokens", 0)
         reason = getattr(res, "finish_reason", "score")
@@ -132,11 +179,14 @@ class RoleClient:
 
     def _allowed(self, n: int) -> tuple[int, str | None]:
         """How many of ``n`` new calls the budget admits, and why the rest are blocked."""
-        if n == 0 or (self.budget.max_calls is None and self.budget.max_tokens is None):
+        b = self.budget
+        if n == 0 or (b.max_calls is None and b.max_tokens is None and b.max_usd is None):
             return n, None
         spent = self.ledger.totals().get(self.role, RoleTotals())
-        if self.budget.max_tokens is not None and spent.tokens >= self.budget.max_tokens:
-            return 0, f"{spent.tokens} tokens spent, max_tokens={self.budget.max_tokens}"
+        if b.max_tokens is not None and spent.tokens >= b.max_tokens:
+            return 0, f"{spent.tokens} tokens spent, max_tokens={b.max_tokens}"
+        if b.max_usd is not None and spent.usd >= b.max_usd:
+            return 0, f"{spent.usd:.4f} USD spent, max_usd={b.max_usd:g}"
         if self.budget.max_calls is not None and spent.calls + n > self.budget.max_calls:
             left = max(0, self.budget.max_calls - spent.calls)
             return left, f"{spent.calls + left} calls spent, max_calls={self.budget.max_calls}"
