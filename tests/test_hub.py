@@ -190,7 +190,7 @@ def pipeline_run(tmp_path, tiny_model_dir) -> Path:
     metrics = {
         "dataset": str(run / "dataset"),
         "embedding_model": None,
-        **eval_dataset.dataset_metrics(*load_rows(run / "dataset"), ledger_path=run / "ledger.sqlite"),
+        **eval_dataset.dataset_metrics(*load_rows(run / "dataset"), run_dir=run),
     }
     (run / "eval" / "plots").mkdir(parents=True)
     (run / "eval" / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")

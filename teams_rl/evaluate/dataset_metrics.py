@@ -49,9 +49,10 @@ def _summary_calls(summary: dict) -> list[dict]:
     return calls
 
 
-def query_counts(rows: int, summary: dict, ledger_path: Path | None) -> dict:
+def query_counts(rows: int, summary: dict, run_dir: Path | None) -> dict:
     """LLM calls per kept row by role: from the synthesis summary (this dataset's calls, new + replayed) and, when
-    the dataset lies in a run folder, from its ledger (every stage that shared the folder, policy training too)."""
+    the dataset lies in a run folder, from its ledgers (every stage that shared the folder, policy training too;
+    a Ray run's shard ledgers), with the dollars of the priced roles."""
     per_role: Counter = Counter()
     for entry in _summary_calls(summary):
         per_role[entry["role"]] += entry.get("new", 0) + entry.get("cached", 0)
@@ -60,27 +61,30 @@ def query_counts(rows: int, summary: dict, ledger_path: Path | None) -> dict:
             role: {"calls": n, "per_row": n / rows if rows else None} for role, n in sorted(per_role.items())
         }
     }
-    if ledger_path is not None and ledger_path.is_file():
-        from teams_rl.llm.ledger import Ledger
+    if run_dir is not None:
+        from teams_rl.llm.tables import ledger_files, run_totals
 
-        ledger = Ledger(ledger_path)
-        try:
-            totals = ledger.totals()
-        finally:
-            ledger.close()
-        out["ledger"] = {
-            "path": str(ledger_path),
-            "roles": {
-                role: {
-                    "calls": t.calls,
-                    "tokens": t.tokens,
-                    "calls_per_row": t.calls / rows if rows else None,
-                    "tokens_per_row": t.tokens / rows if rows else None,
-                }
-                for role, t in sorted(totals.items())
-            },
-        }
+        files = ledger_files(run_dir)
+        if files:
+            totals, _ = run_totals(run_dir)
+            out["ledger"] = {
+                "path": str(run_dir),
+                "files": [str(f) for f in files],
+                "roles": {role: _role_spend(t, rows) for role, t in sorted(totals.items())},
+            }
     return out
+
+
+def _role_spend(t, rows: int) -> dict:
+    spend = {
+        "calls": t.calls,
+        "tokens": t.tokens,
+        "calls_per_row": t.calls / rows if rows else None,
+        "tokens_per_row": t.tokens / rows if rows else None,
+    }
+    if t.calls and t.unpriced_calls == 0:  # dollars only where every call of the role had a price
+        spend |= {"usd": t.usd, "usd_per_row": t.usd / rows if rows else None}
+    return spend
 
 
 def dataset_metrics(
@@ -90,7 +94,7 @@ def dataset_metrics(
     *,
     instruction_embeddings=None,
     response_embeddings=None,
-    ledger_path: Path | None = None,
+    run_dir: Path | None = None,
     rouge_threshold: float = 0.7,
     cosine_threshold: float = 0.9,
 ) -> dict:
@@ -122,7 +126,7 @@ def dataset_metrics(
             "distinct_1_response": distinct_n(responses, 1),
             "distinct_2_response": distinct_n(responses, 2),
         },
-        "queries": query_counts(len(rows), summary, ledger_path),
+        "queries": query_counts(len(rows), summary, run_dir),
     }
     if instruction_embeddings is not None:
         out["diversity"]["vendi_instruction"] = vendi_score(instruction_embeddings)
@@ -138,11 +142,13 @@ def dataset_metrics(
     return out
 
 
-def _ledger_for(folder: Path) -> Path | None:
-    """A run folder's ledger: <run>/dataset or <run>/shards/i-of-N/dataset."""
+def _run_for(folder: Path) -> Path | None:
+    """The run folder of a dataset with ledgers: <run>/dataset or <run>/shards/i-of-N/dataset."""
+    from teams_rl.llm.tables import has_ledger
+
     for parent in (folder.parent, folder.parent.parent.parent):
-        if (parent / "ledger.sqlite").is_file():
-            return parent / "ledger.sqlite"
+        if has_ledger(parent):
+            return parent
     return None
 
 
@@ -169,7 +175,7 @@ def compute(dataset: str | Path, *, embedding_model: str | None = "minilm", batc
         summary,
         instruction_embeddings=inst_emb,
         response_embeddings=resp_emb,
-        ledger_path=_ledger_for(folder.resolve()),
+        run_dir=_run_for(folder.resolve()),
     )
     return {"dataset": str(folder), "embedding_model": embedding_model, **metrics}, rows
 
@@ -234,6 +240,10 @@ def metrics_table(m: dict):
         add("queries", f"{role} calls per kept row (synthesis)", f"{_f(q['per_row'], '.2f')} ({q['calls']})")
     for role, q in m["queries"].get("ledger", {}).get("roles", {}).items():
         add("queries", f"{role} calls per kept row (run ledger)", f"{_f(q['calls_per_row'], '.2f')} ({q['calls']})")
+        if "usd" in q:
+            add(
+                "queries", f"{role} USD per kept row (run ledger)", f"${_f(q['usd_per_row'], '.5f')} (${q['usd']:.4f})"
+            )
     return table
 
 

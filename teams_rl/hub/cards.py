@@ -16,7 +16,7 @@ from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.layout import PLOTS_DIR, RESULTS_FILE, recipe_path, stage_of_recipe
 from teams_rl.core.markdown import markdown_table, render
 from teams_rl.core.refs import is_embedded, upstream_id
-from teams_rl.llm.tables import ledger_markdown
+from teams_rl.llm.tables import has_ledger, ledger_markdown
 
 TEMPLATES = Path(__file__).parent / "templates"
 DATASET_TAGS = ["teams-rl", "synthetic", "instruction-tuning"]
@@ -239,9 +239,9 @@ def dataset_card(
     recipes = attach(files, "recipes", sorted((root / "config").glob("*.yaml")))
     recipes += attach(files, "recipes", [policy_run / "config" / "train-policy.yaml"] if policy_run else [])
     policy_plots = attach(files, "plots", sorted((policy_run / "plots").glob("*.png"))) if policy_run else []
-    ledgers = [(root / "ledger.sqlite", "This run folder's ledger (every stage that shared it)")]
+    ledgers = [(root, "This run folder's ledger (every stage that shared it)")]
     if policy_run and policy_run.resolve() != root.resolve():
-        ledgers.append((policy_run / "ledger.sqlite", f"Policy training's ledger (`{policy_run.name}`)"))
+        ledgers.append((policy_run, f"Policy training's ledger (`{policy_run.name}`)"))
     metrics, metric_plots = dataset_metrics(root, folder, rows, plots_dir, compute_metrics)
     notes = ["`output_dir` in each recipe names the original run folder; point it elsewhere to re-run."]
     if recipe.get("dataset_name") not in (None, "builtin"):
@@ -281,7 +281,7 @@ def dataset_card(
         "dropped); the per-shard counts are in `summary.json`."
         if merged
         else "See `summary.json`.",
-        ledgers=[{"label": label, "table": ledger_markdown(path)} for path, label in ledgers if path.is_file()],
+        ledgers=[{"label": label, "table": ledger_markdown(path)} for path, label in ledgers if has_ledger(path)],
         metrics=metrics,
         plots=_plots(attach(files, "plots", metric_plots)),
         metrics_note="Not computed for this push (`--no-metrics`); `teams-rl metrics DATASET` computes them.",

@@ -258,16 +258,18 @@ class Ledger:
                 out.setdefault(role, RoleTotals()).errors = n
         return out
 
-    def spend_by_model(self) -> list[tuple[str, str, bool, int, int, int]]:
-        """``(role, model, batch, calls, prompt_tokens, completion_tokens)`` groups, for pricing a run afterwards."""
+    def spend_by_model(self) -> list[dict]:
+        """Per ``(role, model, batch)``: calls, tokens, the recorded dollars and how many calls had no price."""
+        names = ("role", "model", "batch", "calls", "prompt_tokens", "completion_tokens", "usd", "unpriced_calls")
         with self._errors():
-            return [
-                (role, model, bool(batch), calls, pt or 0, ct or 0)
-                for role, model, batch, calls, pt, ct in self.db.execute(
-                    "SELECT role, model, batch, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens) FROM calls "
-                    "GROUP BY role, model, batch ORDER BY role, model, batch"
-                )
-            ]
+            rows = self.db.execute(
+                "SELECT role, model, batch, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(usd), "
+                "SUM(usd IS NULL) FROM calls GROUP BY role, model, batch ORDER BY role, model, batch"
+            ).fetchall()
+        return [
+            dict(zip(names, (ro, m, bool(b), n, pt or 0, ct or 0, usd or 0.0, un), strict=True))
+            for ro, m, b, n, pt, ct, usd, un in rows
+        ]
 
     def batch_job(self, fingerprint: str) -> dict | None:
         """The Batch job recorded for this set of calls, if any: ``batch_id``, ``status``, ``requests``."""

@@ -201,15 +201,15 @@ def _comparison(run_dir: Path) -> list[str]:
 
 def _queries(run_dir: Path) -> list[str]:
     """Every LLM call of the run per role, from the ledgers (policy training and synthesis share the run's)."""
-    from teams_rl.llm.tables import ledger_markdown
+    from teams_rl.llm.tables import has_ledger, ledger_markdown
 
     lines = []
-    for name, path in (
-        ("Run (policy training + synthesis)", run_dir / "ledger.sqlite"),
-        ("Random baseline", run_dir / "baseline-random" / "ledger.sqlite"),
+    for name, folder in (
+        ("Run (policy training + synthesis)", run_dir),
+        ("Random baseline", run_dir / "baseline-random"),
     ):
-        if path.is_file():
-            lines += [f"**{name}**", "", ledger_markdown(path), ""]
+        if has_ledger(folder):
+            lines += [f"**{name}**", "", ledger_markdown(folder), ""]
     return (
         [
             "## Queries per role (ledgers)",

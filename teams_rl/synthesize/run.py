@@ -105,6 +105,8 @@ class _Accounting:
                     "prompt_tokens": s.prompt_tokens,
                     "completion_tokens": s.completion_tokens,
                     "errors": s.errors,
+                    "usd": s.usd if client.price is not None else None,
+                    "batch_route": client.batch_route,
                 }
             )
         return out

@@ -6,7 +6,8 @@ from rich.table import Table
 
 
 def summary_tables(summary: dict) -> list[Table]:
-    """Rows kept and eliminated (by reason), and what each role spent in this process (new vs from the ledger)."""
+    """Rows kept and eliminated (by reason), and what each role spent in this process (new vs from the ledger; the
+    dollars are the new calls', a call the ledger answered costs nothing)."""
     rows = Table(title=f"Synthesis: {summary['dataset']}")
     rows.add_column("", justify="left")
     rows.add_column("count", justify="right")
@@ -20,7 +21,8 @@ def summary_tables(summary: dict) -> list[Table]:
         rows.add_row("[yellow]stopped early[/yellow]", f"[yellow]{summary['stopped']}[/yellow]")
 
     calls = Table(title="LLM calls this run (new = paid now, cached = answered by the ledger)")
-    for name in ("role", "purpose", "new", "cached", "prompt tok", "completion tok", "errors", "calls / kept row"):
+    columns = ("role", "purpose", "new", "cached", "prompt tok", "completion tok", "errors", "calls / kept row", "USD")
+    for name in columns:
         calls.add_column(name, justify="left" if name in ("role", "purpose") else "right")
     kept = max(summary["rows"], 1)
     for entry in summary["calls"]:
@@ -34,5 +36,6 @@ def summary_tables(summary: dict) -> list[Table]:
             f"{entry['completion_tokens']:,}",
             str(entry["errors"]),
             f"{total / kept:.2f}",
+            "unpriced" if entry.get("usd") is None else f"${entry['usd']:,.4f}",
         )
     return [rows, calls]
