@@ -89,6 +89,15 @@ def test_config_changes_names_keys_and_ignores_where_and_how_long():
     ]
 
 
+def test_prices_polls_and_the_executor_are_not_the_result_but_a_dollar_budget_is():
+    saved = "depth: 2\nexpert_usd_per_mtok_in: null\nexecutor: local\nexpert_max_usd: null\n"
+    now = (
+        "depth: 2\nexpert_usd_per_mtok_in: 0.15\nexpert_usd_per_mtok_out: 0.6\nexpert_batch_poll_s: 5\n"
+        "executor: ray\nnum_shards: 4\nexpert_max_usd: 3\n"
+    )
+    assert config_changes(saved, now) == ["expert_max_usd: None -> 3"]
+
+
 def test_move_aside_never_overwrites_an_earlier_move(tmp_path):
     for n in range(2):
         (tmp_path / "eval").mkdir()

@@ -20,7 +20,20 @@ logger = logging.getLogger(__name__)
 
 SUPERSEDED_DIR = "superseded"
 # Keys that say where or how patiently a stage runs, not what it makes: a change in them is the same result.
-_NOT_THE_RESULT = ("overwrite", "output_dir", "logging_dir", "resume_from_checkpoint")
+_NOT_THE_RESULT = (
+    "overwrite",
+    "output_dir",
+    "logging_dir",
+    "resume_from_checkpoint",
+    # where synthesis runs: a Ray run of a recipe makes the rows its single-process run makes (tested)
+    "executor",
+    "num_shards",
+    "ray_address",
+    "ray_num_cpus",
+    "ray_num_gpus",
+)
+# Role keys that change what a run costs or how long it waits, never which rows it makes
+_NOT_THE_RESULT_SUFFIXES = ("_timeout_s", "_usd_per_mtok_in", "_usd_per_mtok_out", "_batch_discount", "_batch_poll_s")
 
 
 def is_main_process() -> bool:
@@ -64,7 +77,7 @@ def config_changes(saved: str, now: str, ignore: Sequence[str] = ()) -> list[str
     skip = set(_NOT_THE_RESULT) | set(ignore)
     out = []
     for key in dict.fromkeys([*before, *after]):
-        if key in skip or key.endswith("_timeout_s") or before.get(key) == after.get(key):
+        if key in skip or key.endswith(_NOT_THE_RESULT_SUFFIXES) or before.get(key) == after.get(key):
             continue
         out.append(f"{key}: {_short(before.get(key, '(unset)'))} -> {_short(after.get(key, '(unset)'))}")
     return out
