@@ -14,7 +14,8 @@ from fake_openai_server import FakeOpenAIServer
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.llm.base import GenerationRequest, SamplingParams, ScoreRequest
-from teams_rl.llm.openai_backend import OpenAIBackend, _choice_logprobs
+from teams_rl.llm.openai_backend import OpenAIBackend
+from teams_rl.llm.openai_responses import _choice_logprobs
 
 KEY_ENV = "TEAMS_RL_TEST_OPENAI_KEY"
 KEY = "sk-test-Zq8Wv3SECRETkey0123456789"

@@ -44,7 +44,13 @@ ROLE_FIELDS: list[tuple[str, type, object, str, Bound]] = [
         "a backend of your own).",
         one_of("transformers", "openai", "openai_batch", "python"),
     ),
-    ("base_url", str | None, None, "Server URL for the openai backend, e.g. http://localhost:8000/v1.", None),
+    (
+        "base_url",
+        str | None,
+        None,
+        "Server URL for the openai and openai_batch backends, e.g. http://localhost:8000/v1.",
+        None,
+    ),
     (
         "api_key_env",
         str,
@@ -55,7 +61,13 @@ ROLE_FIELDS: list[tuple[str, type, object, str, Bound]] = [
     ("temperature", float, 0.7, "Sampling temperature; 0 means greedy.", TEMPERATURE),
     ("top_p", float, 0.95, "Nucleus sampling mass.", PROBABILITY),
     ("max_new_tokens", int, 256, "Longest completion, in tokens.", COUNT),
-    ("batch_size", int, 8, "Requests per forward batch (transformers) or in flight at once (openai).", COUNT),
+    (
+        "batch_size",
+        int,
+        8,
+        "Requests per forward batch (transformers) or in flight at once (openai; unused by openai_batch).",
+        COUNT,
+    ),
     (
         "dtype",
         str,
@@ -63,7 +75,13 @@ ROLE_FIELDS: list[tuple[str, type, object, str, Bound]] = [
         "transformers backend weights: auto, float32, bfloat16, float16.",
         one_of("auto", "float32", "bfloat16", "float16"),
     ),
-    ("timeout_s", float, 120.0, "openai backend: per-request timeout in seconds.", POSITIVE),
+    (
+        "timeout_s",
+        float,
+        120.0,
+        "openai backend: per-request timeout in seconds (openai_batch: each upload, poll and download).",
+        POSITIVE,
+    ),
     ("max_calls", int | None, None, "Hard budget: most calls this role may make in the run folder.", BUDGET),
     ("max_tokens", int | None, None, "Hard budget: most tokens (prompt + completion) this role may spend.", BUDGET),
     (

@@ -8,7 +8,7 @@ from teams_rl.llm.ledger import Ledger
 from teams_rl.llm.prices import role_price
 from teams_rl.llm.role_client import Budget, RoleClient
 
-BACKENDS = ("transformers", "openai", "python")
+BACKENDS = ("transformers", "openai", "openai_batch", "python")
 
 
 class BackendPool:
@@ -41,6 +41,18 @@ class BackendPool:
                 api_key_env=settings.get("api_key_env", "OPENAI_API_KEY"),
                 concurrency=settings.get("batch_size", 16),
                 timeout_s=settings.get("timeout_s", 120.0),
+                role=role,
+            )
+        elif kind == "openai_batch":
+            from teams_rl.llm.openai_batch import OpenAIBatchBackend
+
+            backend = OpenAIBatchBackend(
+                settings["model"],
+                base_url=settings.get("base_url"),
+                api_key_env=settings.get("api_key_env", "OPENAI_API_KEY"),
+                concurrency=settings.get("batch_size", 16),
+                timeout_s=settings.get("timeout_s", 120.0),
+                poll_s=settings.get("batch_poll_s", 30.0),
                 role=role,
             )
         elif kind == "python":

@@ -21,17 +21,21 @@ from typing import Any, TypeVar
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.llm.base import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
+from teams_rl.llm.openai_responses import (
+    SCORE_PARAMS,
+    _short,
+    generation_params,
+    generation_result,
+    refuses_logprobs,
+    score_result,
+    without_logprobs,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_TOP_LOGPROBS = 20  # the most the OpenAI API (and vLLM's default max_logprobs) allows
-_MAX_ERROR_CHARS = 200
-# Some servers return raw byte-level BPE / SentencePiece pieces instead of decoded text.
-_SPACE_MARKERS = str.maketrans({"\u0120": " ", "\u2581": " "})
-_ANSWER_STRIP = " \t\n\"'`*_.,:;!()[]"  # markdown and punctuation around a text answer ("**Yes.**")
 
 
 class _NotJSON(Exception):
@@ -165,61 +169,21 @@ class OpenAIBackend:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _generate_one(self, client, req: GenerationRequest, sem, stop, key: str) -> GenerationResult:
-        sampling = req.sampling
-        kwargs = self._body(
-            req, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens
-        )
-        resp, error, latency = await self._call(client, kwargs, sem, stop, key)
-        if error is None and not getattr(resp, "choices", None):
-            error = "bad response: no choices"
-        if error is not None:
-            return GenerationResult(text="", finish_reason="error", latency_s=latency, error=error)
-        prompt_tokens, completion_tokens = _usage(resp)
-        choice = resp.choices[0]
-        message = getattr(choice, "message", None)
-        content = getattr(message, "content", None)
-        text = content or ""
-        reason = getattr(choice, "finish_reason", None)
-        # content is null on a content_filter stop (and may be on a length stop: a reasoning model that spent its
-        # tokens thinking); a missing finish_reason (some servers) means it simply ended. Anything else with no
-        # text (a refusal, a message without content) is a failed call, never a silently empty success.
-        if not text and (content is None or reason is None) and reason not in ("length", "content_filter"):
-            refusal = getattr(message, "refusal", None)
-            error = (
-                f"refused: {_short(refusal, key)}" if refusal else f"bad response: no content (finish_reason {reason})"
-            )
-            return GenerationResult(text="", finish_reason="error", latency_s=latency, error=error)
-        finish = str(reason or "stop")
-        return GenerationResult(text, finish, prompt_tokens, completion_tokens, latency_s=latency)
+        resp, error, latency = await self._call(client, self._body(req, **generation_params(req)), sem, stop, key)
+        return generation_result(resp, error, latency, key)
 
     async def _score_one(self, client, req: ScoreRequest, sem, stop, key: str) -> ScoreResult:
-        kwargs = self._body(req, temperature=0.0, max_tokens=1, logprobs=True, top_logprobs=_TOP_LOGPROBS)
+        kwargs = self._body(req, **SCORE_PARAMS)
         resp, error, latency = await self._call(client, kwargs, sem, stop, key)
-        if error is not None and error.startswith("http 400") and "logprob" in error.lower():
-            # Servers and models without logprob support (e.g. reasoning models) refuse the request outright.
-            kwargs = {k: v for k, v in kwargs.items() if k not in ("logprobs", "top_logprobs")}
-            resp, error, retry_latency = await self._call(client, kwargs, sem, stop, key)
+        if refuses_logprobs(error):
+            resp, error, retry_latency = await self._call(client, without_logprobs(kwargs), sem, stop, key)
             latency += retry_latency
-        n = len(req.choices)
-        if error is None and not getattr(resp, "choices", None):
-            error = "bad response: no choices"
-        if error is not None:
-            return ScoreResult(logprobs=[float("-inf")] * n, latency_s=latency, error=error)
-        prompt_tokens, _ = _usage(resp)
-        choice = resp.choices[0]
-        content = getattr(getattr(choice, "logprobs", None), "content", None)
-        if content:
-            first = content[0]
-            candidates = [(first.token, first.logprob)] + [(t.token, t.logprob) for t in (first.top_logprobs or [])]
-            logprobs = _choice_logprobs(candidates, req.choices)
-            return ScoreResult(logprobs=logprobs, prompt_tokens=prompt_tokens, latency_s=latency)
-        answer = getattr(getattr(choice, "message", None), "content", None) or ""
+        return score_result(resp, error, latency, req.choices, self._warn_no_logprobs)
+
+    def _warn_no_logprobs(self) -> None:
         if not self._warned_no_logprobs:
             self._warned_no_logprobs = True
             log.warning("%s sent no logprobs: scoring by matching its one-token answer to the choices", self._where)
-        logprobs = _text_choice_logprobs(answer, req.choices)
-        error = None if any(lp == 0.0 for lp in logprobs) else f"no logprobs, and answer {answer[:40]!r} is no choice"
-        return ScoreResult(logprobs=logprobs, prompt_tokens=prompt_tokens, latency_s=latency, error=error)
 
     async def _call(self, client, kwargs: dict[str, Any], sem, stop, key: str) -> tuple[Any, str | None, float]:
         """One completion with retries. Returns (response, None, latency) or (None, error, latency).
@@ -328,48 +292,6 @@ def _run_sync(make_coro: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(lambda: asyncio.run(make_coro())).result()
 
 
-def _choice_logprobs(candidates: Sequence[tuple[str, float]], choices: Sequence[str]) -> list[float]:
-    """Each choice's logprob = log of the summed probability of the distinct first tokens that spell it.
-
-    Matching ignores case and surrounding whitespace, so " Yes", "yes" and "Y" all count for "Yes". A token equal
-    to some choice counts for that choice only; otherwise it counts for every choice it is a prefix of. So with
-    choices "1" and "10" the token "1" is "1", and "10" scores only if the tokenizer has "10" as one token.
-    """
-    distinct: dict[str, float] = {}  # the sampled token usually reappears in top_logprobs: count it once
-    for tok, lp in candidates:
-        if tok is not None and lp is not None and not math.isnan(lp):
-            distinct.setdefault(tok, float(lp))
-    targets = [c.strip().lower() for c in choices]
-    mass: list[list[float]] = [[] for _ in choices]
-    for tok, lp in distinct.items():
-        norm = tok.translate(_SPACE_MARKERS).strip().lower()
-        if not norm:
-            continue
-        exact = [i for i, t in enumerate(targets) if t == norm]
-        for i in exact or [i for i, t in enumerate(targets) if t.startswith(norm)]:
-            mass[i].append(lp)
-    return [_logsumexp(lps) for lps in mass]
-
-
-def _text_choice_logprobs(answer: str, choices: Sequence[str]) -> list[float]:
-    """The no-logprobs fallback: 0.0 for choices the answer spells (exactly, else as a prefix), ``-inf`` for others."""
-    norm = answer.translate(_SPACE_MARKERS).strip(_ANSWER_STRIP).lower()
-    targets = [c.strip().lower() for c in choices]
-    hits = {i for i, t in enumerate(targets) if norm and t == norm}
-    hits = hits or {i for i, t in enumerate(targets) if norm and t and (t.startswith(norm) or norm.startswith(t))}
-    return [0.0 if i in hits else float("-inf") for i in range(len(choices))]
-
-
-def _logsumexp(values: Sequence[float]) -> float:
-    top = max(values, default=float("-inf"))
-    return top if top == float("-inf") else top + math.log(sum(math.exp(v - top) for v in values))
-
-
-def _usage(resp: Any) -> tuple[int, int]:
-    usage = getattr(resp, "usage", None)  # some servers send none
-    return int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)
-
-
 def _is_unreachable(exc: Exception) -> bool:
     """Connection refused or DNS failure: nothing answered, as opposed to a connection that broke mid-request."""
     # By name: the client may wrap httpx2's or legacy httpx's ConnectError, depending on what is installed.
@@ -387,16 +309,6 @@ def _status_message(exc: Any, key: str) -> str:
     body = exc.body
     message = body.get("message") if isinstance(body, dict) else body
     return _short(message if message else exc.message, key)
-
-
-def _short(text: object, key: str) -> str:
-    """One line of a server's or an exception's text for an error: scrubbed of the key, then cut short."""
-    return _scrub(" ".join(str(text).split()), key)[:_MAX_ERROR_CHARS]
-
-
-def _scrub(text: str, key: str) -> str:
-    # Servers echo keys back in auth errors ("Incorrect API key provided: sk-..."); never pass them on.
-    return text.replace(key, "***") if key and key != "EMPTY" else text
 
 
 def _shown(url: str) -> str:

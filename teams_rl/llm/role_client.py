@@ -45,6 +45,11 @@ class BatchJournal:
         self.ledger, self.role, self.model, self.requests = ledger, role, model, len(keys)
         self.fingerprint = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
 
+    def derived(self, tag: str, ids: Sequence[str]) -> BatchJournal:
+        """The journal of a follow-up job this set needs (e.g. its lines resent without logprobs), ``ids`` naming
+        that job's lines: it gets its own entry, so a kill during its wait resumes it too."""
+        return BatchJournal(self.ledger, self.role, self.model, [f"{self.fingerprint}:{tag}:{i}" for i in ids])
+
     def recorded(self) -> dict | None:
         """``{"batch_id", "status", "requests"}`` of the job recorded for this set of calls, if any."""
         return self.ledger.batch_job(self.fingerprint)
