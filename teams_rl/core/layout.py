@@ -5,7 +5,7 @@ runs/<name>/
   ledger.sqlite         every LLM call, per role
   policy/               train-policy's trained instructor
   dataset/              synthesis: datasets files + rows.jsonl, rejected.jsonl, summary.json
-  shards/i-of-N/        synthesis shards (merged into dataset/)
+  shards/i-of-N/        synthesis shards (merged into dataset/): dataset/, and a Ray run's ledger.sqlite
   eval/                 results.json, results.md, metrics.json, plots/, tasks/
   plots/                PNGs of the stage that owns the folder
   hub.json              what `teams-rl push` uploaded where
@@ -34,6 +34,19 @@ RECIPE_STAGES = ("train-policy", "synthesize", "sft", "evaluate")
 
 def ledger_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / LEDGER_FILE
+
+
+def shard_dir(run_dir: str | Path, index: int, count: int) -> Path:
+    """The folder of synthesis shard ``index`` of ``count`` (0-based, as ``--shard i/N`` counts)."""
+    return Path(run_dir) / SHARDS_DIR / f"{index}-of-{count}"
+
+
+def shard_ledger_path(run_dir: str | Path, index: int, count: int) -> Path:
+    """The ledger of one shard of a Ray run. Each shard keeps its own: the nodes of a cluster share the run folder
+    over a network file system, where one SQLite file written by many machines is unsafe. A manual ``--shard i/N``
+    run keeps the run folder's shared ``ledger.sqlite``; ``teams-rl ledger`` sums both kinds
+    (``shards/*/ledger.sqlite``)."""
+    return shard_dir(run_dir, index, count) / LEDGER_FILE
 
 
 def recipe_path(run_dir: str | Path, stage: str, suffix: str = "") -> Path:

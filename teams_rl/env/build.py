@@ -175,15 +175,17 @@ def build_env(
     reviewer_args,
     review_args: ReviewArguments,
     env_args: EnvArguments,
+    ledger_file: str | Path | None = None,
 ) -> BuiltEnv:
     """The run folder's ledger, the rewriting role's client (``rewriter`` in training, ``expert`` in synthesis), the
     reviewer (a judge client when a mode needs one, the embedding model when ``embedding`` is weighted or a screen
-    compares embeddings), the screens and the env."""
+    compares embeddings), the screens and the env. ``ledger_file`` puts the ledger elsewhere than the run folder's
+    ``ledger.sqlite`` (a Ray shard keeps its own, see ``layout.shard_ledger_path``)."""
     run_dir = Path(run_dir)
     weights = parse_modes(review_args.reviewer_modes)
     review = role_settings(reviewer_args, "reviewer")
     run_dir.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(ledger_path(run_dir))
+    ledger = Ledger(ledger_file or ledger_path(run_dir))
     backends = BackendPool()
     rewrite = backends.client(rewrite_settings, rewrite_role, ledger)
     judge = backends.client(review, "reviewer", ledger) if set(weights) - {"embedding"} else None

@@ -1,20 +1,22 @@
 """Stage 2, synthesis: seeds → policy-chosen evolutions executed by the expert → expert answers → a dataset with
-full lineage. Resumable through the ledger, budgeted per role, deterministic per row, shardable."""
+full lineage. Resumable through the ledger, budgeted per role, deterministic per row, shardable (by hand with
+``--shard i/N``, or as Ray tasks with ``--executor ray``, see ``distributed``)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from teams_rl.core.bounds import BUDGET, COUNT, POSITIVE, SHARD, bounded
+from teams_rl.core.bounds import BUDGET, COUNT, POSITIVE, SHARD, bounded, one_of
 from teams_rl.core.errors import BudgetExhausted
 from teams_rl.core.guard import claim, output_lock
-from teams_rl.core.layout import DATASET_DIR, SHARDS_DIR, SUMMARY_FILE, recipe_path
+from teams_rl.core.layout import DATASET_DIR, SUMMARY_FILE, recipe_path, shard_dir
 from teams_rl.core.recipes import located, parse_args, role_arguments, role_settings, to_yaml
 from teams_rl.core.refs import upstream_id
 from teams_rl.env.build import (
@@ -70,7 +72,50 @@ class SynthesisArguments:
         default=16, metadata={"bound": COUNT, "help": "Seeds evolved together (batching and budget unit)."}
     )
     shard: str | None = field(
-        default=None, metadata={"bound": SHARD, "help": "'i/N': process only shard i of N (see merge)."}
+        default=None,
+        metadata={
+            "bound": SHARD,
+            "help": "'i/N': process only shard i of N, by hand on each machine, then `teams-rl merge` (executor "
+            "ray does both for you; not with it).",
+        },
+    )
+    executor: str = field(
+        default="local",
+        metadata={
+            "bound": one_of("local", "ray"),
+            "help": "local: this process. ray: num_shards Ray tasks, each one shard resumable through its own "
+            "ledger (OUTPUT_DIR/shards/i-of-N/ledger.sqlite), merged into OUTPUT_DIR/dataset: the same rows and ids "
+            "as local. A role's max_calls/max_tokens/max_usd stay a budget for the whole run: each shard gets an "
+            "equal share and the shares sum to it. Needs pip install 'teams-rl[ray]'.",
+        },
+    )
+    num_shards: int = field(
+        default=1,
+        metadata={
+            "bound": COUNT,
+            "help": "executor ray: shards (one Ray task each) the seeds are split into, by a hash of the seed id as "
+            "--shard i/N splits them; shards beyond the free CPUs (GPUs) wait for one.",
+        },
+    )
+    ray_address: str | None = field(
+        default=None,
+        metadata={
+            "help": "executor ray: null starts a local Ray instance (this machine's CPUs) and stops it after; "
+            "'auto' joins the cluster `ray start` made on this machine (or RAY_ADDRESS); 'ray://HOST:10001' joins "
+            "one through Ray Client. On a cluster OUTPUT_DIR must be on storage every node mounts at the same path.",
+        },
+    )
+    ray_num_cpus: float = field(
+        default=1.0,
+        metadata={"bound": POSITIVE, "help": "executor ray: CPUs each shard task reserves (and its torch threads)."},
+    )
+    ray_num_gpus: float = field(
+        default=0.0,
+        metadata={
+            "bound": BUDGET,
+            "help": "executor ray: GPUs each shard task reserves (0.5: two shards share one GPU; 0 for a shard "
+            "whose models are behind an openai server).",
+        },
     )
     drop_truncated_responses: bool = field(default=False, metadata={"help": "Eliminate answers cut by max tokens."})
     overwrite: bool = field(
@@ -120,12 +165,25 @@ def synthesize(
     review_args: ReviewArguments,
     env_args: EnvArguments,
     recipe: str | None = None,
+    *,
+    ledger_file: str | Path | None = None,
+    show_progress: bool = True,
+    on_chunk: Callable[[int, int, int, int], object] | None = None,
 ) -> dict:
-    """Run synthesis and write ``<output_dir>/dataset`` (or ``shards/i-of-N/dataset``). Returns the summary."""
+    """Run synthesis and write ``<output_dir>/dataset`` (or ``shards/i-of-N/dataset``). Returns the summary.
+
+    ``executor: ray`` without a ``shard`` runs the shards as Ray tasks and merges them (``distributed``); each task
+    comes back here for its shard, with the three hooks: its own ledger (``ledger_file``, default the run folder's),
+    no progress bar of its own, and ``on_chunk(seeds_done, seeds_total, kept, eliminated)`` once the seeds are
+    known and after every chunk, which feeds the driver's one bar."""
+    if args.executor == "ray" and args.shard is None:
+        from teams_rl.synthesize.distributed import synthesize_ray
+
+        return synthesize_ray(seed_args, args, expert_args, reviewer_args, review_args, env_args, recipe)
     began = time.perf_counter()
     run_dir = Path(args.output_dir)
     shard = parse_shard(args.shard) if args.shard else None
-    out = run_dir / DATASET_DIR if shard is None else run_dir / SHARDS_DIR / f"{shard[0]}-of-{shard[1]}" / DATASET_DIR
+    out = run_dir / DATASET_DIR if shard is None else shard_dir(run_dir, *shard) / DATASET_DIR
     suffix = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
     with output_lock(run_dir, f"synthesize{suffix}"):
         claim(
@@ -136,15 +194,33 @@ def synthesize(
             outputs=[out],
             overwrite=args.overwrite,
         )
-        return _synthesize(seed_args, args, expert_args, reviewer_args, review_args, env_args, recipe, out, began)
+        hooks = {"ledger_file": ledger_file, "show_progress": show_progress, "on_chunk": on_chunk}
+        return _synthesize(
+            seed_args, args, expert_args, reviewer_args, review_args, env_args, recipe, out, began, **hooks
+        )
 
 
-def _synthesize(seed_args, args, expert_args, reviewer_args, review_args, env_args, recipe, out: Path, began: float):
+def _synthesize(
+    seed_args,
+    args,
+    expert_args,
+    reviewer_args,
+    review_args,
+    env_args,
+    recipe,
+    out: Path,
+    began: float,
+    ledger_file=None,
+    show_progress=True,
+    on_chunk=None,
+):
     run_dir = Path(args.output_dir)
     shard = parse_shard(args.shard) if args.shard else None
     seeds = select_seeds(seed_args)
     if shard is not None:
         seeds = shard_seeds(seeds, *shard)
+    report = on_chunk or (lambda done, total, kept, eliminated: None)
+    report(0, len(seeds), 0, 0)
     actions = select_actions(args.actions)
     policy = load_policy(
         args.policy, actions, run_seed=args.seed, sample=args.policy_sample, temperature=args.policy_temperature
@@ -159,6 +235,7 @@ def _synthesize(seed_args, args, expert_args, reviewer_args, review_args, env_ar
         reviewer_args=reviewer_args,
         review_args=review_args,
         env_args=env_args,
+        ledger_file=ledger_file,
     )
     env, ledger, rewrites, judge = built.env, built.ledger, built.rewrite, built.judge
     answers = built.backends.client(expert, "expert", ledger)
@@ -175,7 +252,7 @@ def _synthesize(seed_args, args, expert_args, reviewer_args, review_args, env_ar
     rows: list[dict] = []
     rejected: list[dict] = []
     steps, seeds_done, stopped = 0, 0, None
-    progress = tqdm(total=len(seeds), desc="synthesize", unit="seed")
+    progress = tqdm(total=len(seeds), desc="synthesize", unit="seed", disable=not show_progress)
     try:
         for start in range(0, len(seeds), args.chunk_size):
             chunk = seeds[start : start + args.chunk_size]
@@ -187,6 +264,7 @@ def _synthesize(seed_args, args, expert_args, reviewer_args, review_args, env_ar
             seeds_done += len(chunk)
             progress.update(len(chunk))
             progress.set_postfix(kept=len(rows), eliminated=len(rejected))
+            report(seeds_done, len(seeds), len(rows), len(rejected))
     except BudgetExhausted as stop:
         stopped = str(stop)
         logger.warning("%s; keeping the %d rows finished so far", stopped, len(rows))
@@ -309,6 +387,9 @@ def main(argv: list[str] | None = None) -> dict:
         ARGUMENTS, argv, "teams-rl synthesize"
     )
     with located(recipe):
+        from teams_rl.synthesize.distributed import check_executor
+
+        check_executor(args)
         return synthesize(seed_args, args, expert_args, reviewer_args, review_args, env_args, recipe)
 
 
