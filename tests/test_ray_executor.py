@@ -260,7 +260,7 @@ def test_embedded_model_two_ray_shards_equal_the_local_run(tmp_path, smollm2_dir
     ray_rows = _by_id(load_rows(tmp_path / "ray" / "dataset")[0])
     assert ray_rows.keys() == local_rows.keys() and local_rows
     for key, row in local_rows.items():  # the same texts; a reviewer's float32 score may differ in its 6th digit
-        # (another torch thread count and batch sums in another order), not enough to flip a threshold here
+        # (its batch mates, fewer in a shard, change the order of the sums), not enough to flip a threshold here
         floats = {k for k, v in row.items() if isinstance(v, float)}
         assert {k: v for k, v in ray_rows[key].items() if k not in floats} == {
             k: v for k, v in row.items() if k not in floats
