@@ -13,6 +13,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from teams_rl.cli import main as cli_main  # noqa: E402
+from teams_rl.core.errors import TeamsRLError  # noqa: E402
 from teams_rl.env.dataset import load_rows  # noqa: E402
 from teams_rl.evaluate.dataset_metrics import query_counts  # noqa: E402
 from teams_rl.llm.tables import run_totals  # noqa: E402
@@ -214,6 +215,11 @@ def test_pipeline_synthesize_overrides_put_both_synthesis_stages_on_ray(tmp_path
         command = stage.commands[0]
         parsed = parse_stage(stage.name, command[command.index("--config") :])[1]
         assert (parsed.executor, parsed.num_shards, parsed.ray_address) == ("ray", 4, "auto")
+
+    args.synthesize_overrides = ["executor=ray", "shard=0/2"]  # refused when the pipeline is checked, not mid-run
+    with pytest.raises(TeamsRLError) as err:
+        validate(plan(args))
+    assert err.value.field == "shard" and "executor ray runs every shard itself" in err.value.message
 
 
 def _one_line_error(capsys) -> str:

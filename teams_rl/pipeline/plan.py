@@ -311,7 +311,11 @@ def parse_stage(name: str, argv: list[str], recipe: str | None = None) -> tuple:
         if name == "train-policy":
             return parse_args(train.argument_classes(argv), argv, "teams-rl train-policy")[0]
         if name in ("synthesize", "baseline"):
-            return parse_args(synthesize.ARGUMENTS, argv, "teams-rl synthesize")[0]
+            from teams_rl.synthesize.distributed import check_executor
+
+            parsed = parse_args(synthesize.ARGUMENTS, argv, "teams-rl synthesize")[0]
+            check_executor(parsed[1])  # executor ray with a shard: refused before any stage runs
+            return parsed
         if name == "sft":
             return sft.parse(argv)[0]
         return parse_args([EvalArguments], argv, "teams-rl evaluate")[0]
