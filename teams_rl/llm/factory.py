@@ -32,28 +32,23 @@ class BackendPool:
                 batch_size=settings.get("batch_size", 8),
                 field=f"{role}_model",
             )
-        elif kind == "openai":
+        elif kind in ("openai", "openai_batch"):
             from teams_rl.llm.openai_backend import OpenAIBackend
 
-            backend = OpenAIBackend(
-                settings["model"],
-                base_url=settings.get("base_url"),
-                api_key_env=settings.get("api_key_env", "OPENAI_API_KEY"),
-                concurrency=settings.get("batch_size", 16),
-                timeout_s=settings.get("timeout_s", 120.0),
-                role=role,
-            )
-        elif kind == "openai_batch":
-            from teams_rl.llm.openai_batch import OpenAIBatchBackend
+            extra = {}
+            cls = OpenAIBackend
+            if kind == "openai_batch":  # the same server settings, one Batch job per batch of calls
+                from teams_rl.llm.openai_batch import OpenAIBatchBackend
 
-            backend = OpenAIBatchBackend(
+                cls, extra = OpenAIBatchBackend, {"poll_s": settings.get("batch_poll_s", 30.0)}
+            backend = cls(
                 settings["model"],
                 base_url=settings.get("base_url"),
                 api_key_env=settings.get("api_key_env", "OPENAI_API_KEY"),
                 concurrency=settings.get("batch_size", 16),
                 timeout_s=settings.get("timeout_s", 120.0),
-                poll_s=settings.get("batch_poll_s", 30.0),
                 role=role,
+                **extra,
             )
         elif kind == "python":
             backend = _import_backend(settings["model"], role)
