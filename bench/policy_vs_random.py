@@ -147,24 +147,61 @@ def spread_of(ref: str, states: list[State], actions) -> float | None:
     return float(state_spread(probs.numpy() if hasattr(probs, "numpy") else probs))
 
 
-def on_table(ref: str, explore: Path, actions) -> dict:
-    """Expected reward and keep rate of a policy on the explore table's depth-0 states (training seeds)."""
+def probs_on(ref: str, states: list[str], names: list[str]) -> dict[str, dict[str, float]]:
+    """P(action | state) of a policy on explore-table depth-0 states (``seed_id/0``)."""
     from teams_rl.env.seeds import BUILTIN, load_seeds
-    from teams_rl.policy.headroom import expected_reward
 
-    rows = depth0_table(explore)
-    states = sorted({r["state"] for r in rows})
-    names = [a.name for a in actions]
     if ref == "random":
-        return expected_reward(rows, {s: dict.fromkeys(names, 1 / len(names)) for s in states})
+        return {s: dict.fromkeys(names, 1 / len(names)) for s in states}
     if ref.startswith("action:"):
-        return expected_reward(rows, {s: {a: float(a == ref[7:]) for a in names} for s in states})
+        return {s: {a: float(a == ref[7:]) for a in names} for s in states}
     seeds = {s.id: s for s in load_seeds(BUILTIN)}
     policy = policy_of(ref)
     probs = policy.probabilities([State.from_seed(seeds[s.split("/")[0]]) for s in states])
-    names = policy.format.names
-    by_state = {s: dict(zip(names, map(float, p), strict=True)) for s, p in zip(states, probs, strict=True)}
-    return expected_reward(rows, by_state)
+    return {s: dict(zip(policy.format.names, map(float, p), strict=True)) for s, p in zip(states, probs, strict=True)}
+
+
+def on_table(ref: str, explore: Path, actions, held: set[str]) -> dict:
+    """Expected reward and keep rate of a policy on the explore table's depth-0 states of the training seeds."""
+    from teams_rl.policy.headroom import expected_reward
+
+    rows = [r for r in depth0_table(explore) if r["seed_id"] not in held]
+    states = sorted({r["state"] for r in rows})
+    return expected_reward(rows, probs_on(ref, states, [a.name for a in actions]))
+
+
+def on_held_out_table(refs: dict[str, str], explore: Path, actions, held: set[str]) -> dict | None:
+    """Each policy's rows per expert call on the held-out seeds' explore cells (every action x k samples), as an
+    exact expectation over its P(action | state), with a paired bootstrap interval of the ratio to random (the
+    seed as the unit). All policies are scored on the same rewrites, so only their choices differ: a far tighter
+    interval than sampled synthesis runs give, for one rewrite step. None when the table holds no held-out seed."""
+    from teams_rl.policy.headroom import per_state_keep
+
+    names = [a.name for a in actions]
+    rows = [r for r in depth0_table(explore) if r["seed_id"] in held]
+    cells = {(r["state"], r["action"]) for r in rows}
+    states = sorted({s for s, _ in cells if all((s, a) in cells for a in names)})
+    if not states:
+        return None
+    rows = [r for r in rows if r["state"] in states]
+    keep = {name: per_state_keep(rows, probs_on(ref, states, names)) for name, ref in refs.items()}
+    base = keep["random"]
+    out = {}
+    for name, k in keep.items():
+        calls, base_calls = ({s: 1 + v for s, v in d.items()} for d in (k, base))  # a rewrite, plus an answer if kept
+        ratio = paired_bootstrap_rate_ratio(k, calls, base, base_calls)
+        p = sum(k.values()) / len(k)
+        out[name] = {
+            "keep_rate": p,
+            "rows_per_call": p / (1 + p),
+            "rows_ratio": ratio.estimate,
+            "rows_ratio_ci_lo": ratio.lo,
+            "rows_ratio_ci_hi": ratio.hi,
+            "share_of_draws_at_or_below_1": ratio.share_below_one,
+            "states": len(k),
+            "interval": ratio,
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split-seed", type=int, default=0, help="split_seed of the policy recipe")
     parser.add_argument("--out", default="runs/bench-policy", help="folder for the per-policy runs")
     parser.add_argument("--json", default=None, help="also write the results JSON here")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="skip the synthesis runs: only the held-out explore table's comparison (minutes, not hours)",
+    )
     args = parser.parse_args(argv)
     began = time.perf_counter()
 
@@ -216,6 +258,62 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--policy takes NAME=FOLDER, got {item!r}")
         policies[name] = (ref, [])
 
+    from teams_rl.env.build import select_actions
+
+    actions = select_actions(None)
+    refs = {name: f"action:{single}" if name == "best_single" else ref for name, (ref, _) in policies.items()}
+    held_table = on_held_out_table(refs, explore, actions, held)
+    headroom = json.loads((explore / "summary.json").read_text(encoding="utf-8"))
+    result = {
+        "held_out_seeds": len(seeds),
+        "fold": f"{args.fold}/{args.folds}",
+        "best_single_action": single,
+        "headroom": {
+            "best_single_rows_ratio": headroom["rows_ratio"]["best_single"],
+            "best_per_category_rows_ratio": headroom["rows_ratio"]["best_per_category"],
+            "oracle_rows_ratio": headroom["rows_ratio"]["oracle"],
+            "oracle_cross_fit_rows_ratio": headroom["rows_ratio"].get("oracle_cross_fit"),
+            "uniform_keep_rate": headroom["uniform_keep_rate"],
+            "states": headroom["states"],
+            "samples_per_cell": headroom.get("samples_per_cell"),
+        },
+    }
+    if held_table is not None:
+        result["held_out_table"] = {k: _plain(v) for k, v in held_table.items()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        table = synthesis_table(policies, refs, seeds, args, explore, actions, held)
+        result.update(
+            budget_expert_calls=args.budget,
+            synthesis_seeds=args.synth_seeds,
+            depth=args.depth,
+            equal_n=table.pop("_equal_n"),
+            policies={k: _plain(v) for k, v in table.items()},
+        )
+        plot_ratios(
+            {k: v["interval"] for k, v in table.items() if k != "random"},
+            out / "policy_vs_random.png",
+            f"Rows per expert call vs random ({len(seeds)} held-out seeds x {len(args.synth_seeds)} seeds)",
+        )
+    if held_table is not None:
+        plot_ratios(
+            {k: v["interval"] for k, v in held_table.items() if k != "random"},
+            out / "held_out_table.png",
+            f"Rows per expert call vs random, held-out explore table ({len(seeds)} seeds, one step)",
+        )
+    result["wall_s"] = round(time.perf_counter() - began, 1)
+    text = json.dumps(result, indent=2) + "\n"
+    (out / "results.json").write_text(text, encoding="utf-8")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text, encoding="utf-8")
+    report(result, args, out)
+    return 0
+
+
+def synthesis_table(policies, refs, seeds, args, explore: Path, actions, held: set[str]) -> dict:
+    """Run every policy through synthesis at the budget for each synthesis seed; the per-policy measurements."""
     runs = {
         name: [run(name, ref, k, args, extra) for k in args.synth_seeds] for name, (ref, extra) in policies.items()
     }
@@ -232,11 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         return {s: total.get(s, 0.0) for s in held}
 
     n_equal = min(sum(len(r["instructions"]) for r in rs) for rs in runs.values())
-    from teams_rl.env.build import select_actions
-
-    actions = select_actions(None)
     states = [State.from_seed(s) for s in seeds]
-    table = {}
+    table: dict = {}
     for name, rs in runs.items():
         texts = [t for r in rs for t in r["instructions"]]
         ratio = paired_bootstrap_rate_ratio(
@@ -246,7 +341,6 @@ def main(argv: list[str] | None = None) -> int:
             summed("random", "per_seed_calls"),
         )
         div = diversity_at_n(texts, n_equal, embed=embed) if n_equal else {"vendi": None, "distinct_2": None}
-        ref = policies[name][0] if name != "best_single" else f"action:{single}"
         table[name] = {
             "rows_at_budget": sum(r["rows"] for r in rs) / len(rs),
             "rows_per_call": sum(r["rows"] for r in rs) / max(1, sum(r["expert_calls"] for r in rs)),
@@ -258,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             "distinct2_equal_n": div["distinct_2"],
             "near_duplicate_rate": near_duplicate_rate(texts, embed) if texts else None,
             "action_entropy": action_entropy([a for r in rs for a in r["actions"]], len(actions)),
-            "state_spread": spread_of(ref, states, actions),
-            "on_explore_table": on_table("random" if name == "random" else ref, explore, actions),
+            "state_spread": spread_of(refs[name], states, actions),
+            "on_explore_table": on_table(refs[name], explore, actions, held),
             "eliminated": dict(sum((Counter(r["eliminated"]) for r in rs), Counter())),
             "wall_s": sum(r["wall_s"] for r in rs),
             "interval": ratio,
@@ -268,64 +362,66 @@ def main(argv: list[str] | None = None) -> int:
     for entry in table.values():
         v = entry["vendi_equal_n"]
         entry["vendi_ratio_equal_n"] = v / base_vendi if v is not None and base_vendi else None
-    headroom = json.loads((explore / "summary.json").read_text(encoding="utf-8"))
-    result = {
-        "held_out_seeds": len(seeds),
-        "fold": f"{args.fold}/{args.folds}",
-        "budget_expert_calls": args.budget,
-        "synthesis_seeds": args.synth_seeds,
-        "depth": args.depth,
-        "equal_n": n_equal,
-        "best_single_action": single,
-        "policies": {k: {kk: vv for kk, vv in v.items() if kk != "interval"} for k, v in table.items()},
-        "headroom": {
-            "best_single_rows_ratio": headroom["rows_ratio"]["best_single"],
-            "best_per_category_rows_ratio": headroom["rows_ratio"]["best_per_category"],
-            "oracle_rows_ratio": headroom["rows_ratio"]["oracle"],
-            "uniform_keep_rate": headroom["uniform_keep_rate"],
-            "states": headroom["states"],
-        },
-        "wall_s": round(time.perf_counter() - began, 1),
-    }
-    out = Path(args.out)
-    plot_ratios(
-        {k: v["interval"] for k, v in table.items() if k != "random"},
-        out / "policy_vs_random.png",
-        f"Rows per expert call vs random ({len(seeds)} held-out seeds x {len(args.synth_seeds)} seeds)",
-    )
-    text = json.dumps(result, indent=2) + "\n"
-    (out / "results.json").write_text(text, encoding="utf-8")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text, encoding="utf-8")
+    table["_equal_n"] = n_equal
+    return table
 
-    print(
-        f"\n{len(seeds)} held-out seeds (fold {args.fold}/{args.folds}), budget {args.budget} expert calls, "
-        f"synthesis seeds {args.synth_seeds}, depth {args.depth}; best single action: {single}"
-    )
-    print(
-        f"{'policy':<12}{'rows@B':>7}{'rows/call':>10}{'ratio':>7}{'95% CI':>16}{'vendi@n':>9}{'dist2@n':>8}"
-        f"{'neardup':>8}{'H(act)':>7}{'spread':>7}"
-    )
-    for name, e in table.items():
-        ci = f"[{e['rows_ratio_ci_lo']:.2f}, {e['rows_ratio_ci_hi']:.2f}]"
-        fmt = lambda v, w, p=3: f"{v:>{w}.{p}f}" if isinstance(v, float) else f"{'n/a':>{w}}"  # noqa: E731
+
+def _plain(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if k != "interval"}
+
+
+def _fmt(v, w: int, p: int = 3) -> str:
+    return f"{v:>{w}.{p}f}" if isinstance(v, float) else f"{'n/a':>{w}}"
+
+
+def report(result: dict, args, out: Path) -> None:
+    """Print the bench's tables: synthesis at the budget (unless --table-only), the held-out table, the headroom."""
+    seeds, single = result["held_out_seeds"], result["best_single_action"]
+    if "policies" in result:
         print(
-            f"{name:<12}{e['rows_at_budget']:>7.1f}{fmt(e['rows_per_call'], 10)}{fmt(e['rows_ratio'], 7, 2)}"
-            f"{ci:>16}{fmt(e['vendi_equal_n'], 9, 2)}{fmt(e['distinct2_equal_n'], 8)}"
-            f"{fmt(e['near_duplicate_rate'], 8)}{fmt(e['action_entropy'], 7, 2)}{fmt(e['state_spread'], 7)}"
+            f"\n{seeds} held-out seeds (fold {args.fold}/{args.folds}), budget {args.budget} expert calls, "
+            f"synthesis seeds {args.synth_seeds}, depth {args.depth}; best single action: {single}"
         )
+        print(
+            f"{'policy':<12}{'rows@B':>7}{'rows/call':>10}{'ratio':>7}{'95% CI':>16}{'vendi@n':>9}{'dist2@n':>8}"
+            f"{'neardup':>8}{'H(act)':>7}{'spread':>7}"
+        )
+        for name, e in result["policies"].items():
+            ci = f"[{e['rows_ratio_ci_lo']:.2f}, {e['rows_ratio_ci_hi']:.2f}]"
+            print(
+                f"{name:<12}{e['rows_at_budget']:>7.1f}{_fmt(e['rows_per_call'], 10)}{_fmt(e['rows_ratio'], 7, 2)}"
+                f"{ci:>16}{_fmt(e['vendi_equal_n'], 9, 2)}{_fmt(e['distinct2_equal_n'], 8)}"
+                f"{_fmt(e['near_duplicate_rate'], 8)}{_fmt(e['action_entropy'], 7, 2)}{_fmt(e['state_spread'], 7)}"
+            )
+    held = result.get("held_out_table")
+    if held:
+        states = next(iter(held.values()))["states"]
+        print(
+            f"\nheld-out explore table: {states} held-out seeds x every action x "
+            f"{result['headroom']['samples_per_cell']} samples, one rewrite step, each policy's exact expectation"
+        )
+        print(f"{'policy':<12}{'keep':>7}{'rows/call':>10}{'ratio':>7}{'95% CI':>16}{'P(<=1)':>8}")
+        for name, e in held.items():
+            ci = f"[{e['rows_ratio_ci_lo']:.2f}, {e['rows_ratio_ci_hi']:.2f}]"
+            print(
+                f"{name:<12}{_fmt(e['keep_rate'], 7)}{_fmt(e['rows_per_call'], 10)}{_fmt(e['rows_ratio'], 7, 2)}"
+                f"{ci:>16}{_fmt(e['share_of_draws_at_or_below_1'], 8)}"
+            )
     h = result["headroom"]
+    cross = h.get("oracle_cross_fit_rows_ratio")
     print(
         f"headroom (explore, {h['states']} states): best single {h['best_single_rows_ratio']:.3f}x, "
-        f"best per category {h['best_per_category_rows_ratio']:.3f}x, oracle {h['oracle_rows_ratio']:.3f}x random"
+        f"best per category {h['best_per_category_rows_ratio']:.3f}x, oracle {h['oracle_rows_ratio']:.3f}x in sample"
+        + (f", {cross:.3f}x chosen on other samples" if cross else "")
+        + " (vs random)"
     )
-    print(
-        "expected reward on the explore table (training seeds): "
-        + ", ".join(f"{k} {v['on_explore_table']['expected_reward']:.3f}" for k, v in table.items())
-    )
-    print(f"equal n for diversity: {n_equal} rows; wall {result['wall_s']:.0f} s; results in {out / 'results.json'}")
-    return 0
+    if "policies" in result:
+        print(
+            "expected reward on the explore table (training seeds): "
+            + ", ".join(f"{k} {v['on_explore_table']['expected_reward']:.3f}" for k, v in result["policies"].items())
+        )
+        print(f"equal n for diversity: {result['equal_n']} rows")
+    print(f"wall {result['wall_s']:.0f} s; results in {out / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -269,3 +269,51 @@ def test_expected_reward_of_a_policy_on_the_table():
     always_a = expected_reward(rows, {f"{s}/0": {"a": 1.0, "b": 0.0} for s in cats})
     assert uniform == {"expected_reward": 0.5, "keep_rate": 0.5, "states": 2}
     assert always_a["expected_reward"] == 1.0 and always_a["keep_rate"] == 1.0
+
+
+def test_cross_fit_oracle_is_not_fooled_by_one_lucky_sample():
+    # two actions that each keep one of their two samples, never the same one: the in-sample oracle credits every
+    # state with 0.5, while the cross-fit oracle chooses on one sample and is scored on the other, where its choice
+    # was always dropped: it earns only what a choice made without seeing the scored sample earns
+    cats = {"s1": "x", "s2": "x", "s3": "y", "s4": "y"}
+    keep = {
+        ("s1", "a"): [1, 0],
+        ("s1", "b"): [0, 1],
+        ("s2", "a"): [0, 1],
+        ("s2", "b"): [1, 0],
+        ("s3", "a"): [1, 0],
+        ("s3", "b"): [0, 1],
+        ("s4", "a"): [0, 1],
+        ("s4", "b"): [1, 0],
+    }
+    summary = summarize(_table(keep, cats), ["a", "b"], {"s1": 0, "s2": 1, "s3": 0, "s4": 1})
+    assert summary["keep_rates"]["uniform"] == 0.5 and summary["keep_rates"]["oracle"] == 0.5
+    assert summary["keep_rates"]["oracle_cross_fit"] == 0.0  # the other sample always points the wrong way
+    # a state whose best action is real: a kept on both samples, b on neither -> chosen and scored as kept
+    steady = {(s, "a"): [1, 1] for s in cats} | {(s, "b"): [0, 0] for s in cats}
+    summary = summarize(_table(steady, cats), ["a", "b"], {"s1": 0, "s2": 1, "s3": 0, "s4": 1})
+    assert summary["keep_rates"]["oracle_cross_fit"] == 1.0
+    assert summary["rows_ratio"]["oracle_cross_fit"] == pytest.approx(rows_per_call(1.0) / rows_per_call(0.5))
+    # ties share the choice: equal means on the other sample split the score between the tied actions
+    tied = {(s, "a"): [1, 1] for s in cats} | {(s, "b"): [0, 1] for s in cats}
+    summary = summarize(_table(tied, cats), ["a", "b"], {"s1": 0, "s2": 1, "s3": 0, "s4": 1})
+    # sample 0 scored: chosen on sample 1 where a and b tie -> (1 + 0) / 2; sample 1 scored: a chosen -> 1
+    assert summary["keep_rates"]["oracle_cross_fit"] == pytest.approx(0.75)
+
+
+def test_cross_fit_oracle_needs_two_samples():
+    cats = {"s1": "x", "s2": "y"}
+    keep = {(s, "a"): [1] for s in cats} | {(s, "b"): [0] for s in cats}
+    summary = summarize(_table(keep, cats), ["a", "b"], {"s1": 0, "s2": 1})
+    assert "oracle_cross_fit" not in summary["rows_ratio"] and "oracle_cross_fit" not in summary["keep_rates"]
+
+
+def test_per_state_keep_is_the_policy_weighted_cell_mean():
+    from teams_rl.policy.headroom import per_state_keep
+
+    cats = {"s1": "x", "s2": "y"}
+    keep = {("s1", "a"): [1, 0], ("s1", "b"): [0, 0], ("s2", "a"): [1, 1], ("s2", "b"): [1, 0]}
+    rows = _table(keep, cats)
+    got = per_state_keep(rows, {"s1/0": {"a": 0.8, "b": 0.2}, "s2/0": {"a": 0.25, "b": 0.75}})
+    assert got == pytest.approx({"s1/0": 0.8 * 0.5, "s2/0": 0.25 * 1.0 + 0.75 * 0.5})
+    assert per_state_keep(rows, {"s1/0": {"a": 1.0, "b": 0.0}}) == {"s1/0": 0.5}  # states without probs are left out

@@ -74,6 +74,7 @@ def summarize(rows: Sequence[Mapping], actions: Sequence[str], folds: Mapping[st
 
     best_single, best_category = chosen("all"), chosen("category")
     oracle = sum(max(table[s][a] for a in actions) for s in states) / len(states)
+    cross_fit = oracle_cross_fit(rows, actions, states)
     in_sample_best = max(actions, key=lambda a: sum(table[s][a] for s in states))
     return {
         "states": len(states),
@@ -87,15 +88,54 @@ def summarize(rows: Sequence[Mapping], actions: Sequence[str], folds: Mapping[st
             "best_single": best_single,
             "best_per_category": best_category,
             "oracle": oracle,
+            **({"oracle_cross_fit": cross_fit} if cross_fit is not None else {}),
             "keep_all": 1.0,
         },
         "rows_ratio": {
             "best_single": _ratio(best_single, uniform),
             "best_per_category": _ratio(best_category, uniform),
             "oracle": _ratio(oracle, uniform),
+            **({"oracle_cross_fit": _ratio(cross_fit, uniform)} if cross_fit is not None else {}),
             "keep_all": _ratio(1.0, uniform),
         },
     }
+
+
+def oracle_cross_fit(rows: Sequence[Mapping], actions: Sequence[str], states: Sequence[str]) -> float | None:
+    """The per-state oracle scored on a sample it did not choose with, or None with one sample per cell.
+
+    The in-sample oracle takes the best of each state's noisy cells, so with one Bernoulli sample per cell it is
+    close to "some action was kept", which no policy can reach. Here, for each state and each of its samples j,
+    the actions with the best keep rate over the state's other samples share the choice and are scored on sample
+    j alone: what a policy that knew every state's cells (from k - 1 samples) would keep. A lower bound on the
+    true per-state oracle, as the in-sample one is an upper bound.
+    """
+    kept: dict[Cell, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        kept[(r["state"], r["action"])][int(r.get("sample", 0))] = float(r["kept"])
+    scores = []
+    for s in states:
+        common = set.intersection(*(set(kept[(s, a)]) for a in actions))
+        if len(common) < 2:
+            continue
+        per_sample = []
+        for j in sorted(common):
+            others = common - {j}
+            means = {a: sum(kept[(s, a)][i] for i in others) / len(others) for a in actions}
+            top = max(means.values())
+            best = [a for a in actions if means[a] == top]
+            per_sample.append(sum(kept[(s, a)][j] for a in best) / len(best))
+        scores.append(sum(per_sample) / len(per_sample))
+    return sum(scores) / len(scores) if scores and len(scores) == len(states) else None
+
+
+def per_state_keep(rows: Sequence[Mapping], probs: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """state -> a policy's expected keep rate there: sum over actions of P(action | state) times the cell's keep
+    rate over its samples. Exact for the table (no action is drawn), so two policies on the same table differ only
+    by their choices; summed over states it gives rows (and, with one call per rewrite plus one per kept row,
+    expert calls) per state for a paired comparison."""
+    table = keep_table(rows)
+    return {s: sum(p * table[s][a] for a, p in probs[s].items()) for s in table if s in probs}
 
 
 def expected_reward(rows: Sequence[Mapping], probs: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

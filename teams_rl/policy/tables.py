@@ -28,6 +28,15 @@ def policy_table(meta: dict) -> Table:
     return table
 
 
+GAIN_LABELS = {
+    "best_single": "best single action",
+    "best_per_category": "best action per category",
+    "oracle": "per-state oracle (in sample: optimistic)",
+    "oracle_cross_fit": "per-state oracle (chosen on other samples)",
+    "keep_all": "keep every rewrite",
+}
+
+
 def headroom_tables(summary: dict) -> list[Table]:
     """The explore summary: keep rate and reward per action, then what each policy class would gain."""
     actions = Table(title=f"Headroom: {summary['states']} states x {len(summary['per_action'])} actions")
@@ -45,5 +54,5 @@ def headroom_tables(summary: dict) -> list[Table]:
         gains.add_column(column, justify="left" if column == "policy" else "right")
     gains.add_row("uniform random", f"{summary['keep_rates']['uniform']:.3f}", "1.000")
     for key, ratio in summary["rows_ratio"].items():
-        gains.add_row(key.replace("_", " "), f"{summary['keep_rates'][key]:.3f}", f"{ratio:.3f}")
+        gains.add_row(GAIN_LABELS.get(key, key), f"{summary['keep_rates'][key]:.3f}", f"{ratio:.3f}")
     return [actions, gains]
