@@ -26,7 +26,7 @@ def stage_dataclasses() -> dict[str, tuple[type, ...]]:
     from teams_rl.policy import train
     from teams_rl.policy.explore import ExploreArguments
     from teams_rl.sft.args import CONFIG_CLASSES as SFT
-    from teams_rl.synthesize.run import ARGUMENTS as SYNTHESIZE
+    from teams_rl.synthesize.args import ARGUMENTS as SYNTHESIZE
 
     stages = {
         "synthesize": SYNTHESIZE,
@@ -133,7 +133,7 @@ def test_a_recipe_value_out_of_bounds_names_file_line_and_key(tmp_path, recipe, 
 
 
 def test_a_flag_out_of_bounds_is_refused_before_parsing():
-    from teams_rl.synthesize.run import ARGUMENTS
+    from teams_rl.synthesize.args import ARGUMENTS
 
     recipe = str(RECIPES / "synthesize" / "config_random.yaml")
     for argv, key in ([["--depth", "0"], "--depth"], [["--chunk_size=0"], "--chunk_size"]):
@@ -144,7 +144,7 @@ def test_a_flag_out_of_bounds_is_refused_before_parsing():
 
 
 def test_the_help_shows_each_bound(capsys):
-    from teams_rl.synthesize.run import ARGUMENTS
+    from teams_rl.synthesize.args import ARGUMENTS
 
     with pytest.raises(SystemExit):
         parse_args(ARGUMENTS, ["--help"])

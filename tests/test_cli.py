@@ -89,7 +89,7 @@ def test_unreadable_recipe_and_missing_recipe(tmp_path):
 def test_shipped_recipe_parses():
     from teams_rl.core.recipes import parse_args
     from teams_rl.env.seeds import load_seeds
-    from teams_rl.synthesize.run import ARGUMENTS
+    from teams_rl.synthesize.args import ARGUMENTS
 
     (seed_args, args, expert, reviewer, review, env), _ = parse_args(ARGUMENTS, ["--config", str(RECIPE)])
     assert args.policy == "random" and expert.expert_model == "smollm2-135m" and env.rewrite_max_new_tokens == 96
@@ -151,7 +151,7 @@ def test_unreachable_server_is_one_line_and_keeps_the_previous_dataset(tmp_path)
     )
     # The earlier dataset was finished by this same recipe (a different one would be refused before any call).
     from teams_rl.core.recipes import parse_args, to_yaml
-    from teams_rl.synthesize.run import ARGUMENTS
+    from teams_rl.synthesize.args import ARGUMENTS
 
     earlier = to_yaml(*parse_args(ARGUMENTS, ["--config", str(recipe)])[0])
     (out / "config").mkdir()

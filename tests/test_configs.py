@@ -36,14 +36,14 @@ def test_optional_text_annotations_accept_null_and_reject_other_types(tmp_path, 
 
 def test_synthesis_recipe_accepts_null_for_optional_keys(tmp_path):
     from teams_rl.env.build import ReviewArguments, ReviewerArguments, SeedArguments
-    from teams_rl.synthesize.run import SynthesisArguments
+    from teams_rl.synthesize.args import SynthesisArguments
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("shard: null\nactions: null\nmax_seeds: null\n", encoding="utf-8")
     assert validate_recipe(recipe, [SeedArguments, SynthesisArguments, ReviewerArguments, ReviewArguments])
 
 
-@pytest.mark.parametrize("stage,module", [("synthesize", "teams_rl.synthesize.run"), ("sft", "teams_rl.sft.args")])
+@pytest.mark.parametrize("stage,module", [("synthesize", "teams_rl.synthesize.args"), ("sft", "teams_rl.sft.args")])
 def test_inherited_keys_that_do_nothing_are_hidden_and_refused(tmp_path, stage, module, capsys):
     """TRL's ScriptArguments brings keys teams-rl never reads: --help must not list them, and setting one fails."""
     import importlib
@@ -71,7 +71,7 @@ def test_a_saved_resolved_recipe_parses_back_as_a_recipe(tmp_path):
     """config/<stage>.yaml in a run folder must be a valid recipe again (the privacy test re-reads sft.yaml)."""
     from teams_rl.core.recipes import to_yaml
     from teams_rl.env.build import ReviewArguments, ReviewerArguments, SeedArguments
-    from teams_rl.synthesize.run import ARGUMENTS, ExpertArguments, SynthesisArguments
+    from teams_rl.synthesize.args import ARGUMENTS, ExpertArguments, SynthesisArguments
 
     saved = tmp_path / "synthesize.yaml"
     saved.write_text(

@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 
 from teams_rl.core.recipes import parse_args, validate_recipe
-from teams_rl.synthesize.run import ARGUMENTS
+from teams_rl.synthesize.args import ARGUMENTS
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "smollm2-135m" / "synthesize"
 RECIPE = RECIPES / "config_llamacpp.yaml"

@@ -95,7 +95,7 @@ REWRITE_SIDE = [n for n in SHARED if n not in ("screen_repetition", "screen_lang
 
 def _values(recipe: Path) -> dict:
     from teams_rl.policy.train import argument_classes
-    from teams_rl.synthesize.run import ARGUMENTS
+    from teams_rl.synthesize.args import ARGUMENTS
 
     argv = ["--config", str(recipe)]
     classes = ARGUMENTS if "synthesize" in recipe.parts else argument_classes(argv)
@@ -106,7 +106,7 @@ def _values(recipe: Path) -> dict:
 
 def test_training_and_synthesis_parse_the_same_screening_and_reward_settings():
     from teams_rl.policy.train import argument_classes
-    from teams_rl.synthesize.run import ARGUMENTS
+    from teams_rl.synthesize.args import ARGUMENTS
 
     assert EnvArguments in ARGUMENTS and ReviewArguments in ARGUMENTS
     for algorithm in ("ppo", "grpo", "classic"):

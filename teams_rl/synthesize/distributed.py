@@ -20,7 +20,7 @@ import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -31,6 +31,7 @@ from teams_rl.core.guard import claim, config_changes, move_aside, output_lock
 from teams_rl.core.layout import DATASET_DIR, SUMMARY_FILE, recipe_path, shard_dir, shard_ledger_path
 from teams_rl.core.recipes import to_yaml
 from teams_rl.env.dataset import merge_datasets
+from teams_rl.synthesize.args import ARGUMENTS
 
 logger = logging.getLogger(__name__)
 
@@ -116,10 +117,13 @@ class Progress:
         return tuple(sum(c[k] for c in self.counts.values()) for k in range(4))
 
 
-def run_shard(values: list[dict], index: int, count: int, recipe: str | None, cwd: str, threads: int, progress):
-    """A Ray task: shard ``index`` of ``count`` through the ordinary shard path, with its own ledger and no bar of
-    its own; its chunks are reported to ``progress``. ``values`` are the recipe's dataclasses as plain fields (a
-    role's dataclass is made at run time and does not pickle by reference)."""
+def run_shard(
+    values: list[dict], index: int, count: int, recipe: str | None, cwd: str, threads: int, progress, run_one
+):
+    """A Ray task: shard ``index`` of ``count`` through ``run_one`` (the local run's ``synthesize``, passed in so
+    this module does not import the module that imports it), with its own ledger and no bar of its own; its chunks
+    are reported to ``progress``. ``values`` are the recipe's dataclasses as plain fields (a role's dataclass is
+    made at run time and does not pickle by reference)."""
     from teams_rl.core.entry import prepare_process
 
     prepare_process()  # secrets masked in this worker's logs, the known harmless warnings off
@@ -128,20 +132,21 @@ def run_shard(values: list[dict], index: int, count: int, recipe: str | None, cw
     import torch
 
     torch.set_num_threads(threads)
-    from teams_rl.synthesize.run import ARGUMENTS, synthesize
-
     instances = [cls(**v) for cls, v in zip(ARGUMENTS, values, strict=True)]
 
     def report(done: int, total: int, kept: int, eliminated: int) -> None:
         progress.report.remote(index, done, total, kept, eliminated)
 
     ledger = shard_ledger_path(instances[1].output_dir, index, count)
-    return synthesize(*instances, recipe, ledger_file=ledger, show_progress=False, on_chunk=report)
+    return run_one(*instances, recipe, ledger_file=ledger, show_progress=False, on_chunk=report)
 
 
-def synthesize_ray(seed_args, args, expert_args, reviewer_args, review_args, env_args, recipe: str | None) -> dict:
-    """Run ``args.num_shards`` shards as Ray tasks and merge them into ``OUTPUT_DIR/dataset``. Returns a summary of
-    the local run's shape (rows, eliminated, the calls per role summed over the shards, wall time)."""
+def synthesize_ray(
+    seed_args, args, expert_args, reviewer_args, review_args, env_args, recipe: str | None, run_one: Callable
+) -> dict:
+    """Run ``args.num_shards`` shards as Ray tasks, each through ``run_one`` (``run.synthesize``), and merge them
+    into ``OUTPUT_DIR/dataset``. Returns a summary of the local run's shape (rows, eliminated, the calls per role
+    summed over the shards, wall time)."""
     began = time.perf_counter()
     ray = _import_ray()
     instances = (seed_args, args, expert_args, reviewer_args, review_args, env_args)
@@ -159,7 +164,7 @@ def synthesize_ray(seed_args, args, expert_args, reviewer_args, review_args, env
         shards = [shard_arguments(instances, i, count) for i in range(count)]
         _supersede(run_dir, shards, everything=args.overwrite)
         with _ray_session(ray, args):
-            summaries = _run(ray, args, shards, recipe)
+            summaries = _run(ray, args, shards, recipe, run_one)
         merged = merge_datasets([shard_dir(run_dir, i, count) / DATASET_DIR for i in range(count)], out)
     summary = _summary(summaries, merged, out, recipe, count, began)
     if summary["stopped"]:
@@ -219,7 +224,7 @@ def _ray_session(ray, args) -> Iterator[None]:
         ray.shutdown()
 
 
-def _run(ray, args, shards: list[list], recipe: str | None) -> list[dict]:
+def _run(ray, args, shards: list[list], recipe: str | None, run_one: Callable) -> list[dict]:
     """Submit one task per shard, keep the bar up to date until all are done, and return their summaries in shard
     order. The first failure cancels the other tasks (their finished calls are in their ledgers) and is raised."""
     progress = ray.remote(num_cpus=0)(Progress).remote()
@@ -232,7 +237,7 @@ def _run(ray, args, shards: list[list], recipe: str | None) -> list[dict]:
     )
     count, threads, cwd = len(shards), max(1, int(args.ray_num_cpus)), os.getcwd()
     refs = {
-        task.remote([_values(inst) for inst in shard], i, count, recipe, cwd, threads, progress): i
+        task.remote([_values(inst) for inst in shard], i, count, recipe, cwd, threads, progress, run_one): i
         for i, shard in enumerate(shards)
     }
     pending, results = list(refs), {}
