@@ -11,6 +11,7 @@ from teams_rl.evaluate.compare import (
     action_entropy,
     diversity_at_n,
     near_duplicate_rate,
+    paired_bootstrap_rate_ratio,
     paired_bootstrap_ratio,
     plot_ratios,
     rows_at_budget,
@@ -40,6 +41,15 @@ def test_identical_sides_give_one_with_a_zero_width_interval():
     iv = paired_bootstrap_ratio(base, dict(base), n_boot=2000)
     assert (iv.estimate, iv.lo, iv.hi) == (1.0, 1.0, 1.0)
     assert iv.n_units == 50 and iv.n_boot == 2000 and iv.share_below_one == 1.0 and not iv.excludes_one
+
+
+def test_the_same_policy_computed_another_way_counts_as_no_better():
+    """An exactly uniform instructor's keep rates come through a softmax (1/6 +- 1e-9): its ratio to random is 1 up
+    to rounding, and every draw must count as <= 1, not as a win."""
+    base = {k: float(v) for k, v in _units(np.random.default_rng(3).integers(1, 6, size=30)).items()}
+    ours = {k: v * (1 + 1e-9) for k, v in base.items()}
+    iv = paired_bootstrap_rate_ratio(ours, dict.fromkeys(base, 1.0), base, dict.fromkeys(base, 1.0), n_boot=500)
+    assert iv.share_below_one == 1.0 and not iv.excludes_one
 
 
 def test_twice_the_base_per_unit_gives_exactly_two():

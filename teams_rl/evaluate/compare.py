@@ -37,11 +37,16 @@ class Interval:
     @property
     def excludes_one(self) -> bool:
         """The interval lies wholly above or below 1.0 (False when undefined)."""
-        return bool(self.lo > 1.0 or self.hi < 1.0)
+        return bool(self.lo > 1.0 + TIE or self.hi < 1.0 - TIE)
 
     def as_dict(self) -> dict:
         """The fields plus ``excludes_one``, for JSON reports."""
         return {**asdict(self), "excludes_one": self.excludes_one}
+
+
+# Ratios within TIE of 1 are ties: the same policy computed another way (an exactly uniform head's softmax against
+# 1/6) comes out at 1 +- 1e-8, and must not count as a win.
+TIE = 1e-6
 
 
 def _paired_arrays(ours: Mapping[str, float], base: Mapping[str, float]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -129,7 +134,7 @@ def _bootstrap(columns: list[np.ndarray], stat, *, n_boot: int, seed: int, level
         return Interval(estimate, math.nan, math.nan, n, 0, level, math.nan)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(r, [alpha, 1.0 - alpha])
-    return Interval(estimate, float(lo), float(hi), n, len(r), level, float(np.mean(r <= 1.0)))
+    return Interval(estimate, float(lo), float(hi), n, len(r), level, float(np.mean(r <= 1.0 + TIE)))
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
