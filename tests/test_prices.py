@@ -208,3 +208,28 @@ def test_the_openai_batch_recipe_parses_and_prices_its_expert():
     expert = role_settings(expert_args, "expert")
     assert expert["backend"] == "openai_batch" and expert["max_usd"] == 20.0
     assert role_price(expert, "expert") == Price(0.15, 0.60, 0.5)
+
+
+def test_ledger_command_opens_each_ledger_once_and_shows_its_batch_jobs(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from teams_rl.llm import tables
+
+    run = tmp_path / "run"
+    for part in ("0-of-2", "1-of-2"):
+        ledger = Ledger(run / "shards" / part / "ledger.sqlite")
+        RoleClient(_backend(), ledger, "expert").generate(_reqs(1, start=0 if part == "0-of-2" else 1))
+        ledger.record_batch_job(f"fp-{part}", "expert", "priced-model", f"batch-{part}", 1)
+        ledger.close()
+    opened = []
+
+    class Counting(Ledger):
+        def __init__(self, path, *a, **k):
+            opened.append(str(path))
+            super().__init__(path, *a, **k)
+
+    monkeypatch.setattr(tables, "Ledger", Counting)
+    console = Console(record=True, width=120)
+    tables.print_ledger(run, console=console)
+    assert sorted(opened) == sorted(set(opened)) and len(opened) == 2
+    assert "Batch jobs: 2" in console.export_text()

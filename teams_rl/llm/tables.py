@@ -33,8 +33,17 @@ def run_totals(
 
     Dollars are those recorded with each call (the role's price when it was made, the Batch discount applied);
     with ``prices`` (a price table by model) every model the table names is priced by the table instead."""
+    totals, unpriced, _ = _read(run_dir, prices)
+    return totals, unpriced
+
+
+def _read(
+    run_dir: str | Path, prices: Mapping[str, Price] | None
+) -> tuple[dict[str, RoleTotals], dict[str, int], Counter]:
+    """``run_totals`` plus the Batch jobs by status, opening each ledger once."""
     totals: dict[str, RoleTotals] = {}
     unpriced: Counter = Counter()
+    jobs: Counter = Counter()
     for path in ledger_files(run_dir):
         ledger = Ledger(path)
         try:
@@ -55,9 +64,10 @@ def run_totals(
                     into.unpriced_calls += group["unpriced_calls"]
                     if group["unpriced_calls"]:
                         unpriced[group["model"]] += group["unpriced_calls"]
+            jobs.update(job["status"] for job in ledger.batch_jobs())
         finally:
             ledger.close()
-    return totals, dict(unpriced)
+    return totals, dict(unpriced), jobs
 
 
 def ledger_table(totals: Mapping[str, RoleTotals], title: str = "LLM calls per role (ledger)") -> Table:
@@ -109,27 +119,15 @@ def print_ledger(
             f"no {LEDGER_FILE} here (nor under {SHARDS_DIR}/*/): is this a run folder?", file=str(run_dir)
         )
     console = console or Console()
-    totals, unpriced = run_totals(run_dir, prices)
+    totals, unpriced, jobs = _read(run_dir, prices)
     console.print(ledger_table(totals))
     if unpriced:
         models = ", ".join(f"{m} ({n:,} calls)" for m, n in sorted(unpriced.items()))
         console.print(
             f"No price for {models}: set <role>_usd_per_mtok_in/out in the recipe, or pass --prices with these ids."
         )
-    jobs = _batch_jobs(run_dir)
     if jobs:
         console.print(f"Batch jobs: {sum(jobs.values())} ({', '.join(f'{n} {s}' for s, n in sorted(jobs.items()))})")
-
-
-def _batch_jobs(run_dir: str | Path) -> Counter:
-    statuses: Counter = Counter()
-    for path in ledger_files(run_dir):
-        ledger = Ledger(path)
-        try:
-            statuses.update(job["status"] for job in ledger.batch_jobs())
-        finally:
-            ledger.close()
-    return statuses
 
 
 def has_ledger(run_dir: str | Path) -> bool:
