@@ -18,6 +18,11 @@ from teams_rl.evaluate.metrics import distinct_n, vendi_score
 _BLOCK = 1 << 22
 
 
+# Ratios within TIE of 1 are ties: the same policy computed another way (an exactly uniform head's softmax against
+# 1/6) comes out at 1 +- 1e-8, and must not count as a win.
+TIE = 1e-6
+
+
 @dataclass(frozen=True)
 class Interval:
     """A ratio with its bootstrap percentile interval.
@@ -42,11 +47,6 @@ class Interval:
     def as_dict(self) -> dict:
         """The fields plus ``excludes_one``, for JSON reports."""
         return {**asdict(self), "excludes_one": self.excludes_one}
-
-
-# Ratios within TIE of 1 are ties: the same policy computed another way (an exactly uniform head's softmax against
-# 1/6) comes out at 1 +- 1e-8, and must not count as a win.
-TIE = 1e-6
 
 
 def _paired_arrays(ours: Mapping[str, float], base: Mapping[str, float]) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -117,7 +117,7 @@ def oracle_cross_fit(rows: Sequence[Mapping], actions: Sequence[str], states: Se
     for s in states:
         common = set.intersection(*(set(kept[(s, a)]) for a in actions))
         if len(common) < 2:
-            continue
+            return None
         per_sample = []
         for j in sorted(common):
             others = common - {j}
@@ -126,7 +126,7 @@ def oracle_cross_fit(rows: Sequence[Mapping], actions: Sequence[str], states: Se
             best = [a for a in actions if means[a] == top]
             per_sample.append(sum(kept[(s, a)][j] for a in best) / len(best))
         scores.append(sum(per_sample) / len(per_sample))
-    return sum(scores) / len(scores) if scores and len(scores) == len(states) else None
+    return sum(scores) / len(scores) if scores else None
 
 
 def per_state_keep(rows: Sequence[Mapping], probs: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
