@@ -14,13 +14,15 @@ it, the headroom from ``teams-rl explore``: what the best single action and the 
 
 Baselines always included: ``random``, ``untrained`` (the instructor before training: its action head is zero, so
 it is uniform by construction; it checks that nothing else in the instructor path changes the rows) and
-``best_single`` (the one action with the best keep rate on the training folds of the explore table).
+``best_single`` (the one action with the best keep rate on the training folds of the explore table). The held-out
+table also scores ``best_per_category`` (each state's action is the best one on the training seeds of its category:
+what reading only the instruction's category transfers to held-out seeds), and gives every policy's ratio to
+``best_single`` with its own paired interval. The held-out table's helpers are in ``bench/held_out_table.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -35,6 +37,7 @@ from teams_rl.core.entry import prepare_process
 
 prepare_process()  # before torch is imported: the CPU thread setting and the warning filters
 
+from bench.held_out_table import PER_CATEGORY, best_single, depth0_table, on_held_out_table, policy_of, probs_on
 from teams_rl.core.files import read_jsonl
 from teams_rl.env.build import SeedArguments, select_seeds
 from teams_rl.env.environment import State
@@ -64,16 +67,6 @@ def split_args(args) -> list[str]:
         "--split_seed",
         str(args.split_seed),
     ]
-
-
-def best_single(explore: Path, held_out: set[str]) -> str:
-    """The action with the best keep rate on the explore table's seeds outside the held-out fold."""
-    kept, tried = Counter(), Counter()
-    for row in depth0_table(explore):
-        if row["seed_id"] not in held_out:
-            tried[row["action"]] += 1
-            kept[row["action"]] += int(row["kept"])
-    return max(tried, key=lambda a: (kept[a] / tried[a], a))
 
 
 def run(name: str, ref: str, synth_seed: int, args, extra: list[str]) -> dict:
@@ -126,39 +119,11 @@ def run(name: str, ref: str, synth_seed: int, args, extra: list[str]) -> dict:
     }
 
 
-@functools.cache
-def policy_of(ref: str):
-    """Each trained policy is loaded once, for the spread and for the explore-table expectation."""
-    from teams_rl.env.build import select_actions
-    from teams_rl.policy import load_policy
-
-    return load_policy(ref, select_actions(None))
-
-
-@functools.cache
-def depth0_table(explore: Path) -> tuple[dict, ...]:
-    return tuple(r for r in read_jsonl(explore / "table.jsonl") if r["depth"] == 0)
-
-
 def spread_of(ref: str, states: list[State], actions) -> float | None:
     if ref == "random" or ref.startswith("action:"):
         return 0.0
     probs = policy_of(ref).probabilities(states)
     return float(state_spread(probs.numpy() if hasattr(probs, "numpy") else probs))
-
-
-def probs_on(ref: str, states: list[str], names: list[str]) -> dict[str, dict[str, float]]:
-    """P(action | state) of a policy on explore-table depth-0 states (``seed_id/0``)."""
-    from teams_rl.env.seeds import BUILTIN, load_seeds
-
-    if ref == "random":
-        return {s: dict.fromkeys(names, 1 / len(names)) for s in states}
-    if ref.startswith("action:"):
-        return {s: {a: float(a == ref[7:]) for a in names} for s in states}
-    seeds = {s.id: s for s in load_seeds(BUILTIN)}
-    policy = policy_of(ref)
-    probs = policy.probabilities([State.from_seed(seeds[s.split("/")[0]]) for s in states])
-    return {s: dict(zip(policy.format.names, map(float, p), strict=True)) for s, p in zip(states, probs, strict=True)}
 
 
 def on_table(ref: str, explore: Path, actions, held: set[str]) -> dict:
@@ -168,40 +133,6 @@ def on_table(ref: str, explore: Path, actions, held: set[str]) -> dict:
     rows = [r for r in depth0_table(explore) if r["seed_id"] not in held]
     states = sorted({r["state"] for r in rows})
     return expected_reward(rows, probs_on(ref, states, [a.name for a in actions]))
-
-
-def on_held_out_table(refs: dict[str, str], explore: Path, actions, held: set[str]) -> dict | None:
-    """Each policy's rows per expert call on the held-out seeds' explore cells (every action x k samples), as an
-    exact expectation over its P(action | state), with a paired bootstrap interval of the ratio to random (the
-    seed as the unit). All policies are scored on the same rewrites, so only their choices differ: a far tighter
-    interval than sampled synthesis runs give, for one rewrite step. None when the table holds no held-out seed."""
-    from teams_rl.policy.headroom import per_state_keep
-
-    names = [a.name for a in actions]
-    rows = [r for r in depth0_table(explore) if r["seed_id"] in held]
-    cells = {(r["state"], r["action"]) for r in rows}
-    states = sorted({s for s, _ in cells if all((s, a) in cells for a in names)})
-    if not states:
-        return None
-    rows = [r for r in rows if r["state"] in states]
-    keep = {name: per_state_keep(rows, probs_on(ref, states, names)) for name, ref in refs.items()}
-    base = keep["random"]
-    out = {}
-    for name, k in keep.items():
-        calls, base_calls = ({s: 1 + v for s, v in d.items()} for d in (k, base))  # a rewrite, plus an answer if kept
-        ratio = paired_bootstrap_rate_ratio(k, calls, base, base_calls)
-        p = sum(k.values()) / len(k)
-        out[name] = {
-            "keep_rate": p,
-            "rows_per_call": p / (1 + p),
-            "rows_ratio": ratio.estimate,
-            "rows_ratio_ci_lo": ratio.lo,
-            "rows_ratio_ci_hi": ratio.hi,
-            "share_of_draws_at_or_below_1": ratio.share_below_one,
-            "states": len(k),
-            "interval": ratio,
-        }
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
     actions = select_actions(None)
     refs = {name: f"action:{single}" if name == "best_single" else ref for name, (ref, _) in policies.items()}
-    held_table = on_held_out_table(refs, explore, actions, held)
+    held_refs = {"random": "random", "best_single": refs["best_single"], "best_per_category": PER_CATEGORY, **refs}
+    held_table = on_held_out_table(held_refs, explore, actions, held)
     headroom = json.loads((explore / "summary.json").read_text(encoding="utf-8"))
     result = {
         "held_out_seeds": len(seeds),
@@ -400,13 +332,23 @@ def report(result: dict, args, out: Path) -> None:
             f"\nheld-out explore table: {states} held-out seeds x every action x "
             f"{result['headroom']['samples_per_cell']} samples, one rewrite step, each policy's exact expectation"
         )
-        print(f"{'policy':<12}{'keep':>7}{'rows/call':>10}{'ratio':>7}{'95% CI':>16}{'P(<=1)':>8}")
+        print(
+            f"{'policy':<18}{'keep':>7}{'rows/call':>10}{'ratio':>7}{'95% CI':>16}{'P(<=1)':>8}"
+            f"{'vs best1':>9}{'95% CI':>16}{'P(<=1)':>8}"
+        )
         for name, e in held.items():
             ci = f"[{e['rows_ratio_ci_lo']:.2f}, {e['rows_ratio_ci_hi']:.2f}]"
+            vs = e.get("vs_best_single_ratio")
+            vs_ci = f"[{e['vs_best_single_ci_lo']:.2f}, {e['vs_best_single_ci_hi']:.2f}]" if vs is not None else "n/a"
             print(
-                f"{name:<12}{_fmt(e['keep_rate'], 7)}{_fmt(e['rows_per_call'], 10)}{_fmt(e['rows_ratio'], 7, 2)}"
+                f"{name:<18}{_fmt(e['keep_rate'], 7)}{_fmt(e['rows_per_call'], 10)}{_fmt(e['rows_ratio'], 7, 2)}"
                 f"{ci:>16}{_fmt(e['share_of_draws_at_or_below_1'], 8)}"
+                f"{_fmt(vs, 9, 2)}{vs_ci:>16}{_fmt(e.get('vs_best_single_share_at_or_below_1'), 8)}"
             )
+        print(
+            "vs best1: rows per call over best_single's on the same cells; best_per_category: each state's action"
+            " chosen on the training seeds of its category"
+        )
     h = result["headroom"]
     cross = h.get("oracle_cross_fit_rows_ratio")
     print(

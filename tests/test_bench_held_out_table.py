@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("policy_vs_random", ROOT / "bench" / "policy_vs_random.py")
+    spec = importlib.util.spec_from_file_location("held_out_table", ROOT / "bench" / "held_out_table.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
