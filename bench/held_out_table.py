@@ -9,13 +9,13 @@ folder.
 from __future__ import annotations
 
 import functools
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Mapping, Set
 from pathlib import Path
 
 from teams_rl.core.files import read_jsonl
 from teams_rl.env.environment import State
 from teams_rl.evaluate.compare import Interval, paired_bootstrap_rate_ratio
+from teams_rl.policy.headroom import best_action, best_by_category
 
 PER_CATEGORY = "category:"
 
@@ -34,31 +34,18 @@ def policy_of(ref: str):
     return load_policy(ref, select_actions(None))
 
 
-def _best_action(rows: Iterable[Mapping]) -> str:
-    """The action with the best keep rate over ``rows``; a tie goes to the later action name."""
-    kept, tried = Counter(), Counter()
-    for row in rows:
-        tried[row["action"]] += 1
-        kept[row["action"]] += int(row["kept"])
-    return max(tried, key=lambda a: (kept[a] / tried[a], a))
-
-
 def best_single(explore: Path, held_out: Set[str]) -> str:
     """The action with the best keep rate on the explore table's seeds outside the held-out fold."""
-    return _best_action(r for r in depth0_table(explore) if r["seed_id"] not in held_out)
+    return best_action(r for r in depth0_table(explore) if r["seed_id"] not in held_out)
 
 
 def best_per_category(explore: Path, held_out: Set[str]) -> dict[str, str]:
     """state -> the action with the best keep rate on the training seeds (outside the held-out fold) of the state's
-    category, or on all training seeds (``best_single``) when no training seed has that category."""
+    category, or on all training seeds (``best_single``) when no training seed has that category: the choice
+    ``teams_rl.policy.headroom`` scores as the best action per category."""
     rows = depth0_table(explore)
-    by_category: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        if r["seed_id"] not in held_out:
-            by_category[r.get("category", "")].append(r)
-    chosen = {c: _best_action(rs) for c, rs in by_category.items()}
-    fallback = best_single(explore, held_out)
-    return {r["state"]: chosen.get(r.get("category", ""), fallback) for r in rows}
+    single, chosen = best_by_category(r for r in rows if r["seed_id"] not in held_out)
+    return {r["state"]: chosen.get(r.get("category", ""), single) for r in rows}
 
 
 def probs_on(

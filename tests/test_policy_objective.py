@@ -18,7 +18,7 @@ from teams_rl.llm.base import SamplingParams
 from teams_rl.llm.ledger import Ledger
 from teams_rl.llm.role_client import RoleClient
 from teams_rl.llm.scripted import ScriptedBackend
-from teams_rl.policy.headroom import rows_per_call, summarize
+from teams_rl.policy.headroom import best_action, best_by_category, rows_per_call, summarize
 
 RECIPES = Path(__file__).parents[1] / "recipes" / "smollm2-135m"
 
@@ -199,6 +199,33 @@ def test_headroom_chooses_on_other_folds_and_the_oracle_reads_the_state():
     assert summary["rows_ratio"]["best_single"] == pytest.approx(1.0)
     assert summary["keep_rates"]["best_per_category"] == 1.0 and summary["keep_rates"]["oracle"] == 1.0
     assert summary["rows_ratio"]["oracle"] == pytest.approx((1 / 2) / (0.5 / 1.5))
+
+
+def test_best_action_pools_kept_over_tried_and_breaks_ties_by_name():
+    # a: 4 of 5 kept (rates per state 1.0 and 0.0), b: 2 of 3 (rates 1.0 and 0.5): pooled, a wins; a mean of the
+    # per-state rates would pick b. The bench and the headroom summary both choose with this one definition.
+    cats = {"s1": "x", "s2": "y"}
+    rows = _table({("s1", "a"): [1, 1, 1, 1], ("s2", "a"): [0], ("s1", "b"): [1], ("s2", "b"): [1, 0]}, cats)
+    assert best_action(rows) == "a"
+    tie = _table({("s1", "a"): [1, 0], ("s1", "b"): [0, 1]}, cats)
+    assert best_action(tie) == best_action(list(reversed(tie))) == "b"
+    single, per_category = best_by_category(rows)
+    assert single == "a" and per_category == {"x": "b", "y": "b"}  # x: both always kept, the tie goes to b
+    with pytest.raises(ValueError, match="no rows"):
+        best_action([])
+
+
+def test_headroom_per_category_choice_falls_back_to_the_single_action_and_needs_two_folds():
+    # category z exists only in fold 1: its state takes the best single action of fold 0 (a), not its own best (b)
+    cats = {"s1": "x", "s2": "x", "s3": "z"}
+    keep = {("s1", "a"): [1], ("s1", "b"): [0], ("s2", "a"): [1], ("s2", "b"): [0], ("s3", "a"): [0], ("s3", "b"): [1]}
+    summary = summarize(_table(keep, cats), ["a", "b"], {"s1": 0, "s2": 1, "s3": 1})
+    # single: s1 (fold 0) chooses on s2, s3, where a and b tie at 1/2 -> b, keeps 0; s2, s3 choose on s1: a
+    assert summary["keep_rates"]["best_single"] == pytest.approx((0 + 1 + 0) / 3)
+    # per category: s1 chooses on s2 (its category x): a, keeps 1; s2 on s1: a; s3 (z, unseen) falls back to a
+    assert summary["keep_rates"]["best_per_category"] == pytest.approx((1 + 1 + 0) / 3)
+    with pytest.raises(ValueError, match="two folds"):
+        summarize(_table(keep, cats), ["a", "b"], dict.fromkeys(cats, 0))
 
 
 def test_explore_writes_the_table_and_training_then_pays_no_call_for_depth_zero(tmp_path, monkeypatch, capsys):

@@ -8,8 +8,8 @@ ratio below is rows per call of a policy over rows per call of uniform random, o
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 
 Cell = tuple[str, str]  # (state key, action)
 
@@ -34,6 +34,30 @@ def keep_table(rows: Sequence[Mapping]) -> dict[str, dict[str, float]]:
     return dict(table)
 
 
+def best_action(rows: Iterable[Mapping]) -> str:
+    """The action with the best keep rate over ``rows`` (kept / tried, pooled over states and samples); a tie goes
+    to the later action name, so the choice does not depend on row order."""
+    kept: Counter[str] = Counter()
+    tried: Counter[str] = Counter()
+    for row in rows:
+        tried[row["action"]] += 1
+        kept[row["action"]] += int(row["kept"])
+    if not tried:
+        raise ValueError("no rows to choose an action on")
+    return max(tried, key=lambda a: (kept[a] / tried[a], a))
+
+
+def best_by_category(rows: Iterable[Mapping]) -> tuple[str, dict[str, str]]:
+    """The choices a policy that reads nothing, or only the seed's category, can learn from ``rows`` (the training
+    seeds' explore cells): the best single action, and category -> its best action. A category the rows do not
+    hold gets the best single action (``choices.get(category, single)``)."""
+    rows = list(rows)
+    by_category: dict[str, list[Mapping]] = defaultdict(list)
+    for r in rows:
+        by_category[r.get("category", "")].append(r)
+    return best_action(rows), {c: best_action(rs) for c, rs in by_category.items()}
+
+
 def summarize(rows: Sequence[Mapping], actions: Sequence[str], folds: Mapping[str, int]) -> dict:
     """The headroom of an explore table.
 
@@ -47,11 +71,13 @@ def summarize(rows: Sequence[Mapping], actions: Sequence[str], folds: Mapping[st
     table = keep_table(rows)
     states = sorted(s for s in table if all(a in table[s] for a in actions))
     meta = {r["state"]: (r["seed_id"], r.get("category", "")) for r in rows}
+    known, enabled = set(states), set(actions)
+    complete = [r for r in rows if r["state"] in known and r["action"] in enabled]
     if not states:
         raise ValueError("the explore table holds no state with every action tried")
     per_action = {}
     for a in actions:
-        picked = [r for r in rows if r["action"] == a and r["state"] in states]
+        picked = [r for r in complete if r["action"] == a]
         per_action[a] = {
             "keep_rate": sum(float(r["kept"]) for r in picked) / len(picked),
             "mean_reward": sum(float(r["reward"]) for r in picked) / len(picked),
@@ -60,22 +86,22 @@ def summarize(rows: Sequence[Mapping], actions: Sequence[str], folds: Mapping[st
     uniform = sum(sum(table[s][a] for a in actions) / len(actions) for s in states) / len(states)
     reward_uniform = sum(v["mean_reward"] for v in per_action.values()) / len(actions)
 
-    def chosen(by: str) -> float:
-        # for each state: the action with the best keep rate on the other folds' states (of its category if asked)
+    if len({folds.get(meta[s][0]) for s in states}) < 2:
+        raise ValueError("the headroom needs explored seeds in at least two folds (it chooses on the others)")
+
+    def chosen(by_category: bool) -> float:
+        # each fold's states take the action chosen on the other folds' cells (of the state's category if asked)
         total = 0.0
-        for s in states:
-            seed, category = meta[s]
-            pool = [t for t in states if folds.get(meta[t][0]) != folds.get(seed)]
-            if by == "category":
-                pool = [t for t in pool if meta[t][1] == category] or pool
-            best = max(actions, key=lambda a: (sum(table[t][a] for t in pool), a))
-            total += table[s][best]
+        for fold in {folds.get(meta[s][0]) for s in states}:
+            single, per_category = best_by_category(r for r in complete if folds.get(r["seed_id"]) != fold)
+            for s in (t for t in states if folds.get(meta[t][0]) == fold):
+                total += table[s][per_category.get(meta[s][1], single) if by_category else single]
         return total / len(states)
 
-    best_single, best_category = chosen("all"), chosen("category")
+    best_single, best_category = chosen(False), chosen(True)
     oracle = sum(max(table[s][a] for a in actions) for s in states) / len(states)
     cross_fit = oracle_cross_fit(rows, actions, states)
-    in_sample_best = max(actions, key=lambda a: sum(table[s][a] for s in states))
+    in_sample_best = best_action(complete)
     return {
         "states": len(states),
         "samples_per_cell": round(len(rows) / max(1, len(table) * len(actions)), 2),
