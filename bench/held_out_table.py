@@ -2,8 +2,9 @@
 seeds' explore cells (depth-0 rows of ``explore/table.jsonl``), paired over seeds, no LLM call.
 
 A policy is named by a ref: ``random``, ``action:NAME`` (always that action), ``category:`` (for each state, the
-action with the best keep rate on the training seeds of its category: ``best_per_category``) or a trained policy
-folder.
+action with the best keep rate on the training seeds of its category: ``best_per_category``), a trained policy
+folder (its actions drawn from P(action | state), as ``--policy_sample true`` acts) or ``argmax:FOLDER`` (its most
+likely action on each state, as ``teams-rl synthesize`` acts by default).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from teams_rl.evaluate.compare import Interval, paired_bootstrap_rate_ratio
 from teams_rl.policy.headroom import best_action, best_by_category
 
 PER_CATEGORY = "category:"
+ARGMAX = "argmax:"
 
 
 @functools.cache
@@ -64,6 +66,10 @@ def probs_on(
             raise ValueError(f"the {PER_CATEGORY!r} ref needs the explore folder")
         chosen = best_per_category(explore, held)
         return {s: {a: float(a == chosen[s]) for a in names} for s in states}
+    if ref.startswith(ARGMAX):
+        drawn = probs_on(ref[len(ARGMAX) :], states, names)
+        # the first most likely action in the policy's menu order, as the instructor's argmax takes it
+        return {s: {a: float(a == max(p, key=p.__getitem__)) for a in names} for s, p in drawn.items()}
     seeds = {s.id: s for s in load_seeds(BUILTIN)}
     policy = policy_of(ref)
     probs = policy.probabilities([State.from_seed(seeds[s.split("/")[0]]) for s in states])

@@ -16,8 +16,10 @@ Baselines always included: ``random``, ``untrained`` (the instructor before trai
 it is uniform by construction; it checks that nothing else in the instructor path changes the rows) and
 ``best_single`` (the one action with the best keep rate on the training folds of the explore table). The held-out
 table also scores ``best_per_category`` (each state's action is the best one on the training seeds of its category:
-what reading only the instruction's category transfers to held-out seeds), and gives every policy's ratio to
-``best_single`` with its own paired interval. The held-out table's helpers are in ``bench/held_out_table.py``.
+what reading only the instruction's category transfers to held-out seeds) and each trained policy as
+``NAME_argmax`` (its most likely action per state: how ``teams-rl synthesize`` uses a policy without
+``--policy_sample``), and gives every policy's ratio to ``best_single`` with its own paired interval. The
+held-out table's helpers are in ``bench/held_out_table.py``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,16 @@ from teams_rl.core.entry import prepare_process
 
 prepare_process()  # before torch is imported: the CPU thread setting and the warning filters
 
-from bench.held_out_table import PER_CATEGORY, best_single, depth0_table, on_held_out_table, policy_of, probs_on
+from bench.held_out_table import (
+    ARGMAX,
+    PER_CATEGORY,
+    best_single,
+    depth0_table,
+    on_held_out_table,
+    policy_of,
+    probs_on,
+)
+from bench.policy_report import plain_entry, report
 from teams_rl.core.files import read_jsonl
 from teams_rl.env.build import SeedArguments, select_seeds
 from teams_rl.env.environment import State
@@ -183,17 +194,20 @@ def main(argv: list[str] | None = None) -> int:
 
         folder = write_untrained_policy(Path(args.out) / "untrained-policy", args.untrained, select_actions(None))
         policies["untrained"] = (str(folder), [])
+    trained: list[str] = []
     for item in args.policy:
         name, sep, ref = item.partition("=")
         if not sep:
             parser.error(f"--policy takes NAME=FOLDER, got {item!r}")
         policies[name] = (ref, [])
+        trained.append(name)
 
     from teams_rl.env.build import select_actions
 
     actions = select_actions(None)
     refs = {name: f"action:{single}" if name == "best_single" else ref for name, (ref, _) in policies.items()}
     held_refs = {"random": "random", "best_single": refs["best_single"], "best_per_category": PER_CATEGORY, **refs}
+    held_refs |= {f"{name}_argmax": f"{ARGMAX}{policies[name][0]}" for name in trained}
     held_table = on_held_out_table(held_refs, explore, actions, held)
     headroom = json.loads((explore / "summary.json").read_text(encoding="utf-8"))
     result = {
@@ -211,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     if held_table is not None:
-        result["held_out_table"] = {k: _plain(v) for k, v in held_table.items()}
+        result["held_out_table"] = {k: plain_entry(v) for k, v in held_table.items()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
@@ -221,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             synthesis_seeds=args.synth_seeds,
             depth=args.depth,
             equal_n=table.pop("_equal_n"),
-            policies={k: _plain(v) for k, v in table.items()},
+            policies={k: plain_entry(v) for k, v in table.items()},
         )
         plot_ratios(
             {k: v["interval"] for k, v in table.items() if k != "random"},
@@ -296,74 +310,6 @@ def synthesis_table(policies, refs, seeds, args, explore: Path, actions, held: s
         entry["vendi_ratio_equal_n"] = v / base_vendi if v is not None and base_vendi else None
     table["_equal_n"] = n_equal
     return table
-
-
-def _plain(entry: dict) -> dict:
-    return {k: v for k, v in entry.items() if k != "interval"}
-
-
-def _fmt(v, w: int, p: int = 3) -> str:
-    return f"{v:>{w}.{p}f}" if isinstance(v, float) else f"{'n/a':>{w}}"
-
-
-def report(result: dict, args, out: Path) -> None:
-    """Print the bench's tables: synthesis at the budget (unless --table-only), the held-out table, the headroom."""
-    seeds, single = result["held_out_seeds"], result["best_single_action"]
-    if "policies" in result:
-        print(
-            f"\n{seeds} held-out seeds (fold {args.fold}/{args.folds}), budget {args.budget} expert calls, "
-            f"synthesis seeds {args.synth_seeds}, depth {args.depth}; best single action: {single}"
-        )
-        print(
-            f"{'policy':<12}{'rows@B':>7}{'rows/call':>10}{'ratio':>7}{'95% CI':>16}{'vendi@n':>9}{'dist2@n':>8}"
-            f"{'neardup':>8}{'H(act)':>7}{'spread':>7}"
-        )
-        for name, e in result["policies"].items():
-            ci = f"[{e['rows_ratio_ci_lo']:.2f}, {e['rows_ratio_ci_hi']:.2f}]"
-            print(
-                f"{name:<12}{e['rows_at_budget']:>7.1f}{_fmt(e['rows_per_call'], 10)}{_fmt(e['rows_ratio'], 7, 2)}"
-                f"{ci:>16}{_fmt(e['vendi_equal_n'], 9, 2)}{_fmt(e['distinct2_equal_n'], 8)}"
-                f"{_fmt(e['near_duplicate_rate'], 8)}{_fmt(e['action_entropy'], 7, 2)}{_fmt(e['state_spread'], 7)}"
-            )
-    held = result.get("held_out_table")
-    if held:
-        states = next(iter(held.values()))["states"]
-        print(
-            f"\nheld-out explore table: {states} held-out seeds x every action x "
-            f"{result['headroom']['samples_per_cell']} samples, one rewrite step, each policy's exact expectation"
-        )
-        print(
-            f"{'policy':<18}{'keep':>7}{'rows/call':>10}{'ratio':>7}{'95% CI':>16}{'P(<=1)':>8}"
-            f"{'vs best1':>9}{'95% CI':>16}{'P(<=1)':>8}"
-        )
-        for name, e in held.items():
-            ci = f"[{e['rows_ratio_ci_lo']:.2f}, {e['rows_ratio_ci_hi']:.2f}]"
-            vs = e.get("vs_best_single_ratio")
-            vs_ci = f"[{e['vs_best_single_ci_lo']:.2f}, {e['vs_best_single_ci_hi']:.2f}]" if vs is not None else "n/a"
-            print(
-                f"{name:<18}{_fmt(e['keep_rate'], 7)}{_fmt(e['rows_per_call'], 10)}{_fmt(e['rows_ratio'], 7, 2)}"
-                f"{ci:>16}{_fmt(e['share_of_draws_at_or_below_1'], 8)}"
-                f"{_fmt(vs, 9, 2)}{vs_ci:>16}{_fmt(e.get('vs_best_single_share_at_or_below_1'), 8)}"
-            )
-        print(
-            "vs best1: rows per call over best_single's on the same cells; best_per_category: each state's action"
-            " chosen on the training seeds of its category"
-        )
-    h = result["headroom"]
-    cross = h.get("oracle_cross_fit_rows_ratio")
-    print(
-        f"headroom (explore, {h['states']} states): best single {h['best_single_rows_ratio']:.3f}x, "
-        f"best per category {h['best_per_category_rows_ratio']:.3f}x, oracle {h['oracle_rows_ratio']:.3f}x in sample"
-        + (f", {cross:.3f}x chosen on other samples" if cross else "")
-        + " (vs random)"
-    )
-    if "policies" in result:
-        print(
-            "expected reward on the explore table (training seeds): "
-            + ", ".join(f"{k} {v['on_explore_table']['expected_reward']:.3f}" for k, v in result["policies"].items())
-        )
-        print(f"equal n for diversity: {result['equal_n']} rows")
-    print(f"wall {result['wall_s']:.0f} s; results in {out / 'results.json'}")
 
 
 if __name__ == "__main__":

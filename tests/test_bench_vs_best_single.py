@@ -133,7 +133,7 @@ def test_report_prints_the_ratio_to_best_single_and_the_entries_write_as_json(tm
     bench = _load("policy_vs_random")
     explore = _explore(tmp_path / "explore", SEEDS)
     table = bench.on_held_out_table(REFS, explore, ACTIONS, HELD)
-    plain = {k: bench._plain(v) for k, v in table.items()}
+    plain = {k: bench.plain_entry(v) for k, v in table.items()}
     assert all("interval" not in v for v in plain.values())
     result = {
         "held_out_seeds": 4,
@@ -155,3 +155,42 @@ def test_report_prints_the_ratio_to_best_single_and_the_entries_write_as_json(tm
     assert single.split()[-4:] == ["1.00", "[1.00,", "1.00]", "1.000"]
     cat = next(line for line in lines if line.startswith("best_per_category"))
     assert f"{39 / 55:.2f}" in cat.split()
+
+
+class _FakePolicy:
+    """A trained policy's surface as the held-out table reads it: the menu order and P(action | state)."""
+
+    def __init__(self, probs: dict[str, dict[str, float]]):
+        self.format = SimpleNamespace(names=[a.name for a in ACTIONS])
+        self._probs = probs
+
+    def probabilities(self, states):
+        return [[self._probs[s.seed_id].get(a, 0.0) for a in self.format.names] for s in states]
+
+
+def test_argmax_ref_takes_the_first_most_likely_action_and_ties_best_single_where_sampling_falls_short(
+    table_mod, tmp_path, monkeypatch
+):
+    from teams_rl.env.seeds import BUILTIN, load_seeds
+
+    ids = [s.id for s in load_seeds(BUILTIN)[:6]]
+    # mostly in_breadth, kept on every sample; on the first seed deepen ties it and comes first in menu order
+    probs = {i: {"in_breadth": 0.9, "deepen": 0.1} for i in ids}
+    probs[ids[0]] = {"deepen": 0.45, "in_breadth": 0.45, "concretize": 0.1}
+    monkeypatch.setattr(table_mod, "policy_of", lambda ref: _FakePolicy(probs))
+    names = [a.name for a in ACTIONS]
+    states = [f"{i}/0" for i in ids]
+    greedy = table_mod.probs_on("argmax:runs/p", states, names)
+    assert greedy[states[0]] == {a: float(a == "deepen") for a in names}
+    assert all(greedy[s] == {a: float(a == "in_breadth") for a in names} for s in states[1:])
+
+    seeds = {i: ("math", {"in_breadth": [1, 1], "deepen": [1, 1] if i == ids[0] else [0, 0]}) for i in ids}
+    seeds["t0"] = ("math", {"in_breadth": [1, 1]})
+    explore = _explore(tmp_path / "explore", seeds)
+    refs = {"random": "random", "best_single": "action:in_breadth", "p": "runs/p", "p_argmax": "argmax:runs/p"}
+    table = table_mod.on_held_out_table(refs, explore, ACTIONS, set(ids))
+    assert table["p_argmax"]["vs_best_single_ratio"] == 1.0
+    assert table["p_argmax"]["vs_best_single_ci_lo"] == table["p_argmax"]["vs_best_single_ci_hi"] == 1.0
+    # sampled, every state keeps 0.9 of the time (the first one loses concretize's 0.1): 5.4 / 11.4 over 6 / 12
+    assert table["p"]["vs_best_single_ratio"] == pytest.approx((5.4 / 11.4) / (6 / 12))
+    assert table["p"]["vs_best_single_ci_hi"] < 1.0
