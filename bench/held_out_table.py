@@ -125,3 +125,38 @@ def on_held_out_table(refs: dict[str, str], explore: Path, actions, held: Set[st
                 vs_best_single_share_at_or_below_1=vs.share_below_one,
             )
     return out
+
+
+def across_folds(explore: Path, folds: Mapping[int, Set[str]], actions) -> dict[str, dict[str, float]]:
+    """What reading nothing, or only the category, earns on every seed of the explore table, each fold's seeds
+    scored with the choice made on the other folds (``folds``: fold name -> its held-out seed ids): paired
+    intervals over all seeds of best_single and best_per_category against random, and of best_per_category against
+    best_single: whether any policy that reads only the category can be shown to beat the best single action.
+    Needs no trained policy (one would be trained per fold), so it covers every fold."""
+    from teams_rl.policy.headroom import per_state_keep
+
+    names = [a.name for a in actions]
+    keep: dict[str, dict[str, float]] = {"random": {}, "best_single": {}, "best_per_category": {}}
+    for held in folds.values():
+        rows = [r for r in depth0_table(explore) if r["seed_id"] in held]
+        states = sorted({r["state"] for r in rows})
+        single = f"action:{best_single(explore, held)}"
+        refs = {"random": "random", "best_single": single, "best_per_category": PER_CATEGORY}
+        for name, ref in refs.items():
+            keep[name].update(per_state_keep(rows, probs_on(ref, states, names, explore=explore, held=held)))
+    pairs = {
+        "best_single_vs_random": ("best_single", "random"),
+        "best_per_category_vs_random": ("best_per_category", "random"),
+        "best_per_category_vs_best_single": ("best_per_category", "best_single"),
+    }
+    out = {}
+    for key, (a, b) in pairs.items():
+        ratio = _rows_ratio(keep[a], keep[b])
+        out[key] = {
+            "ratio": ratio.estimate,
+            "ci_lo": ratio.lo,
+            "ci_hi": ratio.hi,
+            "share_at_or_below_1": ratio.share_below_one,
+            "seeds": len(keep[a]),
+        }
+    return out

@@ -58,6 +58,13 @@ def report(result: dict, args, out: Path) -> None:
             " chosen on the training seeds of its category; NAME_argmax: the policy's most likely action per state"
             " (teams-rl synthesize without --policy_sample)"
         )
+    folds = result.get("across_folds")
+    if folds:
+        cat = folds["best_per_category_vs_best_single"]
+        print(
+            f"every fold ({cat['seeds']} seeds, each chosen on the other folds): best per category vs best single"
+            f" {cat['ratio']:.3f}x [{cat['ci_lo']:.3f}, {cat['ci_hi']:.3f}], P(<=1) {cat['share_at_or_below_1']:.3f}"
+        )
     h = result["headroom"]
     cross = h.get("oracle_cross_fit_rows_ratio")
     print(

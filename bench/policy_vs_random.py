@@ -25,6 +25,7 @@ held-out table's helpers are in ``bench/held_out_table.py``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -42,6 +43,7 @@ prepare_process()  # before torch is imported: the CPU thread setting and the wa
 from bench.held_out_table import (
     ARGMAX,
     PER_CATEGORY,
+    across_folds,
     best_single,
     depth0_table,
     on_held_out_table,
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if held_table is not None:
         result["held_out_table"] = {k: plain_entry(v) for k, v in held_table.items()}
+    folds = {f: {s.id for s in select_seeds(dataclasses.replace(seed_args, split_fold=f))} for f in range(args.folds)}
+    result["across_folds"] = across_folds(explore, folds, actions)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:

@@ -146,6 +146,15 @@ def test_report_prints_the_ratio_to_best_single_and_the_entries_write_as_json(tm
             "best_per_category_rows_ratio": 1.2,
             "oracle_rows_ratio": 2.0,
         },
+        "across_folds": {
+            "best_per_category_vs_best_single": {
+                "ratio": 1.058,
+                "ci_lo": 0.958,
+                "ci_hi": 1.179,
+                "share_at_or_below_1": 0.143,
+                "seeds": 80,
+            }
+        },
         "wall_s": 1.0,
     }
     bench.report(result, SimpleNamespace(fold=0, folds=3), tmp_path)
@@ -153,6 +162,8 @@ def test_report_prints_the_ratio_to_best_single_and_the_entries_write_as_json(tm
     assert "vs best1" in next(line for line in lines if line.startswith("policy"))
     single = next(line for line in lines if line.startswith("best_single "))
     assert single.split()[-4:] == ["1.00", "[1.00,", "1.00]", "1.000"]
+    every = next(line for line in lines if line.startswith("every fold"))
+    assert "(80 seeds" in every and "1.058x [0.958, 1.179], P(<=1) 0.143" in every
     cat = next(line for line in lines if line.startswith("best_per_category"))
     assert f"{39 / 55:.2f}" in cat.split()
 
@@ -194,3 +205,21 @@ def test_argmax_ref_takes_the_first_most_likely_action_and_ties_best_single_wher
     # sampled, every state keeps 0.9 of the time (the first one loses concretize's 0.1): 5.4 / 11.4 over 6 / 12
     assert table["p"]["vs_best_single_ratio"] == pytest.approx((5.4 / 11.4) / (6 / 12))
     assert table["p"]["vs_best_single_ci_hi"] < 1.0
+
+
+def test_across_folds_scores_every_seed_with_the_choice_made_on_the_other_folds(table_mod, tmp_path):
+    seeds = {
+        "a0": ("math", {"deepen": [1, 1]}),
+        "a1": ("writing", {"in_breadth": [1, 1]}),
+        "b0": ("math", {"deepen": [1, 1]}),
+        "b1": ("writing", {"in_breadth": [1, 1]}),
+        "b2": ("writing", {"in_breadth": [1, 1]}),
+    }
+    explore = _explore(tmp_path / "explore", seeds)
+    out = table_mod.across_folds(explore, {0: {"a0", "a1"}, 1: {"b0", "b1", "b2"}}, ACTIONS)
+    # fold 0 chooses on b*: in_breadth (4/6) overall, deepen for math; fold 1 on a*: a 2/4 tie goes to in_breadth.
+    # best_single keeps 3 of 5 states, per category all 5, random 1/6 of each: rows per call 3/8, 5/10, (5/6)/(35/6)
+    assert out["best_per_category_vs_best_single"]["ratio"] == pytest.approx((5 / 10) / (3 / 8))
+    assert out["best_single_vs_random"]["ratio"] == pytest.approx((3 / 8) / (5 / 35))
+    assert out["best_per_category_vs_random"]["ratio"] == pytest.approx((5 / 10) / (5 / 35))
+    assert all(v["seeds"] == 5 and v["ci_lo"] <= v["ratio"] <= v["ci_hi"] for v in out.values())
