@@ -80,6 +80,7 @@ NO_EMBEDDINGS = {  # the MiniLM screens and novelty off: each process starts ~5 
     "screen_min_similarity": 0,
     "screen_breadth_min_similarity": 0,
     "screen_min_relevance": 0,
+    "screen_min_novelty": 0,
 }
 
 

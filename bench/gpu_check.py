@@ -808,6 +808,7 @@ def part_policy(ctx: Context, algorithm: str) -> dict:
         "--dtype", dtype,
         "--reviewer_modes", "judge_logprob:1",
         "--screen_min_similarity", "0", "--screen_breadth_min_similarity", "0", "--screen_min_relevance", "0",
+        "--screen_min_novelty", "0",
         "--per_device_train_batch_size", str(batch),
         "--probe_states", "2",
         "--report_to", "none",

@@ -81,5 +81,10 @@ def make_setup(
 
 def text_screens_only(**kwargs) -> EnvArguments:
     """The shared env settings with the embedding screens off: scripted rewrites are not about their seeds."""
-    off = {"screen_min_similarity": 0.0, "screen_breadth_min_similarity": 0.0, "screen_min_relevance": 0.0}
+    off = {
+        "screen_min_novelty": 0.0,
+        "screen_min_similarity": 0.0,
+        "screen_breadth_min_similarity": 0.0,
+        "screen_min_relevance": 0.0,
+    }
     return EnvArguments(**{**off, **kwargs})

@@ -19,7 +19,7 @@ from teams_rl.env.environment import (
     screen,
 )
 from teams_rl.env.reviewer import Reviewer
-from teams_rl.env.screens import ANSWERED, DRIFTED, SHRUNK
+from teams_rl.env.screens import ANSWERED, COPIED, DRIFTED, SHRUNK
 from teams_rl.env.seeds import Seed
 from teams_rl.llm.base import GenerationResult, SamplingParams
 from teams_rl.llm.ledger import Ledger
@@ -227,7 +227,18 @@ def test_mixed_batch_keeps_order_and_reviews_only_survivors(tmp_path):
     assert [t.reward for t in out] == [1.0, 0.0, 0.0, 0.0]
     assert [t.state for t in out] == states
     assert h.judge.generate_calls == 2
-    assert set(REASONS) == {NO_GAIN, REFUSAL, EMPTY, TEMPLATE_WORDS, TRUNCATED, LLM_ERROR, ANSWERED, DRIFTED, SHRUNK}
+    assert set(REASONS) == {
+        NO_GAIN,
+        REFUSAL,
+        EMPTY,
+        TEMPLATE_WORDS,
+        TRUNCATED,
+        LLM_ERROR,
+        ANSWERED,
+        COPIED,
+        DRIFTED,
+        SHRUNK,
+    }
 
 
 def test_screen_order():

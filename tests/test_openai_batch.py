@@ -305,6 +305,7 @@ def _synthesize(seeds: Path, run: Path, port: int) -> subprocess.Popen:
         *("--reviewer_backend", "python", "--reviewer_model", "scripted:make_backend"),
         *("--reviewer_modes", "judge_logprob:1", "--screen_language", "none", "--screen_min_similarity", 0),
         *("--screen_breadth_min_similarity", 0, "--screen_min_relevance", 0, "--reviewer_gain_threshold", 0),
+        *("--screen_min_novelty", 0),
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env.update(PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), OPENAI_API_KEY=KEY)

@@ -249,6 +249,8 @@ def test_explore_writes_the_table_and_training_then_pays_no_call_for_depth_zero(
         "0",
         "--screen_breadth_min_similarity",
         "0",
+        "--screen_min_novelty",
+        "0",
         "--rewrite_samples",
         "2",
         "--depth",

@@ -10,6 +10,7 @@ from datatrove.utils.text import split_into_words
 
 from teams_rl.env.screens import (
     ANSWERED,
+    COPIED,
     DRIFTED,
     OFF_TOPIC,
     REPETITIVE,
@@ -19,6 +20,7 @@ from teams_rl.env.screens import (
     ScreenArguments,
     Screens,
     answered,
+    copied,
     drifted,
     has_request_cue,
     off_topic,
@@ -290,14 +292,33 @@ def test_rewrites_without_embedder_skip_drift():
 
 
 def test_rewrites_switches_and_zero_thresholds():
-    args = ScreenArguments(screen_answered=False, screen_min_length_ratio=0, screen_min_similarity=0)
+    args = ScreenArguments(
+        screen_answered=False, screen_min_length_ratio=0, screen_min_similarity=0, screen_min_novelty=0
+    )
     embedder = FakeEmbedder()
     items = [(SEQUENCE, SEQUENCE, "The output will be 30.", "deepen"), (SNOW, SNOW, "Sort 3 numbers.", "deepen")]
     assert Screens(args, embedder).rewrites(items) == [None, None]
     assert embedder.calls == []  # nothing to compare: no encode call
     breadth = [(SNOW, SNOW, "Sort three numbers in Python.", "in_breadth")]
     assert Screens(args, embedder).rewrites(breadth) == [DRIFTED]  # the breadth threshold still runs
-    assert Screens(ScreenArguments(screen_breadth_min_similarity=0), embedder).rewrites(breadth) == [None]
+    off = ScreenArguments(screen_breadth_min_similarity=0, screen_min_novelty=0)
+    assert Screens(off, embedder).rewrites(breadth) == [None]
+
+
+def test_copied_needs_novelty_against_the_parent_and_the_seed():
+    assert copied(0.97) == COPIED and copied(0.94) is None and copied(0.999, min_novelty=0) is None
+    embedder = FakeEmbedder()
+    screens = Screens(ScreenArguments(screen_min_similarity=0, screen_breadth_min_similarity=0), embedder)
+    grown = "Write a short poem about the first snowfall of winter in a mountain village."
+    items = [
+        (SNOW, SNOW, SNOW + " ", "deepen"),  # the seed again (the paper's rule only catches exact copies)
+        (SNOW, SNOW, "Write a short poem about the first snowfall of winter!", "in_breadth"),  # a breadth copy
+        (SNOW, grown, grown, "concretize"),  # copies its parent at depth 2
+        (SNOW, grown, SNOW, "in_breadth"),  # goes back to the seed at depth 2 (in depth, shrunk catches it first)
+        (SNOW, SNOW, grown, "deepen"),
+    ]
+    assert screens.rewrites(items) == [COPIED, COPIED, COPIED, COPIED, None]
+    assert len(embedder.calls) == 1  # seed and parent comparisons share one encode call
 
 
 def test_responses_order_and_one_encode_per_batch():
@@ -363,6 +384,24 @@ def test_default_thresholds_on_minilm_rewrites(minilm):
         (SEQUENCE, SEQUENCE, REWRITES[4], "add_reasoning"),
     ]
     assert screens.rewrites(items) == [DRIFTED, DRIFTED, None, None, DRIFTED, None, None]
+
+
+def test_default_novelty_on_minilm_catches_the_explore_tables_copies(minilm):
+    # kept by the 135M judge in runs/s10k4's explore table (novelty 0.005 and 0.012); the grown rewrites stay
+    thanks = "Write a thank-you note to a neighbor who watered your plants while you were away."
+    largest = "Write a Python function that returns the largest number in a list without using max()."
+    items = [
+        (
+            thanks,
+            thanks,
+            "Write a thank-you note to the neighbor who watered your plants while you were away.",
+            "deepen",
+        ),
+        (largest, largest, largest.replace("returns", "takes a list of numbers and returns"), "in_breadth"),
+        (thanks, thanks, thanks[:-1] + " for two weeks, and mention the tomatoes they saved.", "concretize"),
+        (SNOW, SNOW, "In 12 lines, write a poem about the first snowfall of winter from a fox's view.", "concretize"),
+    ]
+    assert Screens(ScreenArguments(), minilm).rewrites(items) == [COPIED, COPIED, None, None]
 
 
 def test_default_thresholds_on_minilm_responses(minilm):

@@ -212,6 +212,7 @@ def _synth_args(seeds: Path, run: Path, port: int) -> list:
         *("--reviewer_backend", "openai", "--reviewer_model", "fake-model", "--reviewer_base_url", plain),
         *("--expert_timeout_s", 10, "--reviewer_timeout_s", 10, "--reviewer_modes", "judge_logprob:1"),
         *("--screen_min_similarity", 0, "--screen_breadth_min_similarity", 0, "--screen_min_relevance", 0),
+        *("--screen_min_novelty", 0),
         *("--screen_language", "none"),
     ]
 
@@ -290,7 +291,7 @@ def test_a_key_in_an_exception_message_is_masked_in_the_error_line_and_the_trace
         *("--expert_backend", "python", "--expert_model", "test_secrets:leaky_backend"),
         *("--reviewer_backend", "python", "--reviewer_model", "scripted:make_backend"),
         *("--reviewer_modes", "judge_logprob:1", "--screen_min_similarity", 0, "--screen_min_relevance", 0),
-        *("--screen_breadth_min_similarity", 0),
+        *("--screen_breadth_min_similarity", 0, "--screen_min_novelty", 0),
     ]
     done = _cli(*args, env=_env(LEAK_AS=leak_as))
     assert done.returncode == (2 if leak_as == "user-error" else 1), done.stderr

@@ -63,6 +63,7 @@ def _synth(seeds: Path, out: Path, *, file_limit: int | None = None, honour_mode
         *("--reviewer_backend", "python", "--reviewer_model", SCRIPTED, "--reviewer_modes", "judge_logprob:1"),
         # no embedding screens (no model to load); long seeds must not count as shrunk
         *("--screen_min_similarity", 0, "--screen_breadth_min_similarity", 0, "--screen_min_relevance", 0),
+        *("--screen_min_novelty", 0),
         *("--screen_language", "none", "--screen_min_length_ratio", 0),
     ]
     return subprocess.run(

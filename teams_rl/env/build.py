@@ -190,6 +190,7 @@ def build_env(
     rewrite = backends.client(rewrite_settings, rewrite_role, ledger)
     judge = backends.client(review, "reviewer", ledger) if set(weights) - {"embedding"} else None
     similarity_screens = (
+        env_args.screen_min_novelty,
         env_args.screen_min_similarity,
         env_args.screen_breadth_min_similarity,
         env_args.screen_min_relevance,

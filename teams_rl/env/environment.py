@@ -16,7 +16,7 @@ from teams_rl.env.parsing import (
     parse_rewrite,
 )
 from teams_rl.env.reviewer import Review, Reviewer, ReviewItem
-from teams_rl.env.screens import ANSWERED, DRIFTED, SHRUNK, Screens
+from teams_rl.env.screens import ANSWERED, COPIED, DRIFTED, SHRUNK, Screens
 from teams_rl.llm.base import GenerationRequest, SamplingParams
 from teams_rl.llm.role_client import RoleClient
 
@@ -27,8 +27,9 @@ EMPTY = "stopwords_only"  # nothing but punctuation and stop words
 TEMPLATE_WORDS = "template_words"  # copied words of the prompt such as "Rewritten Prompt"
 TRUNCATED = "truncated"  # the rewrite hit max_new_tokens: an unfinished instruction
 LLM_ERROR = "llm_error"  # the call failed after retries (recorded, not cached)
-# The reader's screens (screens.py) add: ANSWERED (the rewriter answered), DRIFTED (left the seed's task), SHRUNK.
-REASONS = (NO_GAIN, REFUSAL, EMPTY, TEMPLATE_WORDS, TRUNCATED, LLM_ERROR, ANSWERED, DRIFTED, SHRUNK)
+# The reader's screens (screens.py) add: ANSWERED (the rewriter answered), COPIED (a near-copy of its parent or
+# seed), DRIFTED (left the seed's task), SHRUNK.
+REASONS = (NO_GAIN, REFUSAL, EMPTY, TEMPLATE_WORDS, TRUNCATED, LLM_ERROR, ANSWERED, COPIED, DRIFTED, SHRUNK)
 
 
 def derive_seed(*parts: object) -> int:

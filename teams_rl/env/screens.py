@@ -1,6 +1,7 @@
 """Screens: elimination rules for what a reader rejects at once in a synthesized dataset, beyond the paper's rules.
 
-Rewrite screens: the rewriter answered instead of rewriting, drifted off the seed's task, or shrank its parent.
+Rewrite screens: the rewriter answered instead of rewriting, copied its parent or the seed (no information gain
+a reader would see, whatever the judge says), drifted off the seed's task, or shrank its parent.
 Response screens: the answer loops, is in the wrong language, or does not address its instruction. Each rule is a
 pure function returning its reason (a module constant) or None; :class:`Screens` applies them to batches.
 """
@@ -25,6 +26,7 @@ from teams_rl.env.answer_screens import (  # the answer screens, re-exported: on
 
 __all__ = [
     "ANSWERED",
+    "COPIED",
     "DRIFTED",
     "OFF_TOPIC",
     "REPETITIVE",
@@ -34,6 +36,7 @@ __all__ = [
     "ScreenArguments",
     "Screens",
     "answered",
+    "copied",
     "detect_language",
     "drifted",
     "has_request_cue",
@@ -45,6 +48,7 @@ __all__ = [
 ]
 
 ANSWERED = "answered"
+COPIED = "copied"
 DRIFTED = "drifted"
 SHRUNK = "shrunk"
 BREADTH = "in_breadth"  # the one action that writes a new prompt instead of growing its parent
@@ -157,6 +161,12 @@ def answered(rewrite: str) -> str | None:
     return None if has_request_cue(rewrite) and not shows_an_answer(rewrite) else ANSWERED
 
 
+def copied(similarity: float, min_novelty: float = 0.05) -> str | None:
+    """``COPIED`` when the rewrite's novelty (1 - its highest cosine similarity to the parent or the seed) is below
+    ``min_novelty`` (0 disables): a paraphrase or a copy that the small judge may still call a gain."""
+    return COPIED if min_novelty > 0 and 1.0 - similarity < min_novelty else None
+
+
 def drifted(
     similarity: float, action: str, min_similarity: float = 0.35, breadth_min_similarity: float = 0.15
 ) -> str | None:
@@ -182,6 +192,14 @@ class ScreenArguments:
 
     screen_answered: bool = field(
         default=True, metadata={"help": "Drop rewrites without a request cue (the rewriter answered)."}
+    )
+    screen_min_novelty: float = field(
+        default=0.05,
+        metadata={
+            "bound": UNIT,
+            "help": "Rewrite novelty needed: 1 - its embedding similarity to the parent or the seed (copied); 0 "
+            "disables.",
+        },
     )
     screen_min_similarity: float = field(
         default=0.35,
@@ -214,7 +232,7 @@ class ScreenArguments:
 
 
 class Screens:
-    """The screens over batches. Rewrites: answered, shrunk, drifted; responses: repetitive, wrong_language,
+    """The screens over batches. Rewrites: answered, shrunk, copied, drifted; responses: repetitive, wrong_language,
     off_topic (text rules first, then the embedding ones). Each item gets its first failing reason or None.
 
     ``embedder`` is a sentence-transformers-like model; each batch makes at most one ``encode`` call, over the
@@ -248,11 +266,19 @@ class Screens:
                 i
                 for i, (_, _, _, action) in enumerate(items)
                 if reasons[i] is None
-                and (a.screen_breadth_min_similarity if action == BREADTH else a.screen_min_similarity) > 0
+                and (
+                    a.screen_min_novelty > 0
+                    or (a.screen_breadth_min_similarity if action == BREADTH else a.screen_min_similarity) > 0
+                )
             ]
-            sims = self._similarities([(items[i][2], items[i][0]) for i in todo])
-            for i, sim in zip(todo, sims, strict=True):
-                reasons[i] = drifted(sim, items[i][3], a.screen_min_similarity, a.screen_breadth_min_similarity)
+            # one encode call: each rewrite against its seed (drifted, copied) and its parent (copied)
+            pairs = [(items[i][2], items[i][k]) for i in todo for k in (0, 1)]
+            sims = self._similarities(pairs)
+            for n, i in enumerate(todo):
+                to_seed, to_parent = sims[2 * n], sims[2 * n + 1]
+                reasons[i] = copied(max(to_seed, to_parent), a.screen_min_novelty) or drifted(
+                    to_seed, items[i][3], a.screen_min_similarity, a.screen_breadth_min_similarity
+                )
         return reasons
 
     def responses(self, items: Sequence[tuple[str, str]]) -> list[str | None]:
