@@ -1,4 +1,4 @@
-"""The openai_batch backend against the Batch API of tests/fake_openai_server.py: one job per call with the direct
+"""The openai_batch backend against the Batch API of tests/fake_openai_batch.py: one job per call with the direct
 route's bodies and answers, per-line and per-job failures, the ledger's record of each job, the Batch discount, and
 a synthesis run killed while it waits, then re-run: it polls the same job and pays for no second one."""
 
@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fake_openai_server import FakeOpenAIServer
+from fake_openai_batch import FakeOpenAIBatchServer
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.env.dataset import load_rows
@@ -42,12 +42,12 @@ def fast_backoff(monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
 
 
-def batch(server: FakeOpenAIServer, **kwargs) -> OpenAIBatchBackend:
+def batch(server: FakeOpenAIBatchServer, **kwargs) -> OpenAIBatchBackend:
     kwargs = {"api_key_env": KEY_ENV, "timeout_s": 5.0, "poll_s": 0.01, "role": "expert", **kwargs}
     return OpenAIBatchBackend("fake-model", base_url=server.base_url, **kwargs)
 
 
-def direct(server: FakeOpenAIServer) -> OpenAIBackend:
+def direct(server: FakeOpenAIBatchServer) -> OpenAIBackend:
     return OpenAIBackend("fake-model", base_url=server.base_url, api_key_env=KEY_ENV, timeout_s=5.0, role="expert")
 
 
@@ -64,7 +64,7 @@ def last_user(messages) -> str:
     return messages[-1]["content"]
 
 
-def uploaded(server: FakeOpenAIServer, batch_id: str) -> list[dict]:
+def uploaded(server: FakeOpenAIBatchServer, batch_id: str) -> list[dict]:
     data = server.files[server.batches[batch_id]["input_file_id"]]
     return [json.loads(line) for line in data.decode().splitlines()]
 
@@ -81,7 +81,7 @@ def wait_for(condition, what: str, timeout: float = 20.0) -> None:
 
 def test_generate_sends_one_job_with_the_direct_routes_bodies_and_gets_its_answers():
     requests = [ask(f"question {i} please", max_new_tokens=3 if i == 2 else 64, seed=i) for i in range(5)]
-    with FakeOpenAIServer(reply=lambda m: f"echo {last_user(m)}") as server:
+    with FakeOpenAIBatchServer(reply=lambda m: f"echo {last_user(m)}") as server:
         expected = direct(server).generate(requests)
         got = batch(server).generate(requests)
         assert batch(server).generate([]) == []
@@ -108,7 +108,7 @@ def test_the_job_is_polled_until_it_ends_and_transient_http_errors_are_retried()
         seen[method, path] += 1
         return None if seen[method, path] > 2 else 429 if method == "POST" else 503
 
-    with FakeOpenAIServer(batch_polls=3, api_fail=flaky) as server:
+    with FakeOpenAIBatchServer(batch_polls=3, api_fail=flaky) as server:
         (result,) = batch(server).generate([ask("hi")])
     assert result.ok and result.text == "ok"
     assert sorted(seen) == [
@@ -138,7 +138,7 @@ def test_a_failed_or_lost_line_is_that_requests_error_and_the_others_succeed(cap
     echo = lambda status, auth: f"boom for {auth}"  # noqa: E731 - a server that echoes the key
     lose = lambda line: last_user(line["body"]["messages"]) == "lost"  # noqa: E731
     caplog.set_level(logging.DEBUG)
-    with FakeOpenAIServer(fail=fail, error_body=echo, lose=lose, reply=lambda m: "fine") as server:
+    with FakeOpenAIBatchServer(fail=fail, error_body=echo, lose=lose, reply=lambda m: "fine") as server:
         results = batch(server).generate([ask("a"), ask("doomed"), ask("lost"), ask("b")])
     assert [r.ok for r in results] == [True, False, False, True]
     assert results[1].error == "http 500: boom for Bearer ***" and results[1].finish_reason == "error"
@@ -149,7 +149,9 @@ def test_a_failed_or_lost_line_is_that_requests_error_and_the_others_succeed(cap
 
 def test_a_failed_job_errs_every_request_and_the_same_calls_then_get_a_new_job(tmp_path):
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    with FakeOpenAIServer(batch_fates=["failed"], batch_error="model not found", reply=lambda m: "fine") as server:
+    with FakeOpenAIBatchServer(
+        batch_fates=["failed"], batch_error="model not found", reply=lambda m: "fine"
+    ) as server:
         client = RoleClient(batch(server), ledger, "expert")
         first = client.generate([ask("a"), ask("b")])
         assert [r.error for r in first] == ["Batch job batch_fake_1 failed: invalid_request: model not found"] * 2
@@ -161,7 +163,7 @@ def test_a_failed_job_errs_every_request_and_the_same_calls_then_get_a_new_job(t
 
 
 def test_an_expired_job_gives_its_finished_lines_and_errors_for_the_rest():
-    with FakeOpenAIServer(batch_fates=["expired"], expired_answers=2, reply=lambda m: last_user(m)) as server:
+    with FakeOpenAIBatchServer(batch_fates=["expired"], expired_answers=2, reply=lambda m: last_user(m)) as server:
         results = batch(server).generate([ask(f"q{i}") for i in range(4)])
     assert [r.text for r in results] == ["q0", "q1", "", ""]
     assert [r.ok for r in results] == [True, True, False, False]
@@ -171,10 +173,10 @@ def test_an_expired_job_gives_its_finished_lines_and_errors_for_the_rest():
 def test_a_rejected_key_or_a_server_without_the_batch_api_is_a_user_error(caplog):
     caplog.set_level(logging.DEBUG)
     echo = lambda status, auth: f"Incorrect API key provided: {auth}"  # noqa: E731
-    no_key = FakeOpenAIServer(api_fail=lambda method, path: 401, error_body=echo)
+    no_key = FakeOpenAIBatchServer(api_fail=lambda method, path: 401, error_body=echo)
     with no_key as server, pytest.raises(TeamsRLError) as rejected:
         batch(server).generate([ask("a")])
-    no_batch_api = FakeOpenAIServer(api_fail=lambda method, path: 404 if path == "/v1/files" else None)
+    no_batch_api = FakeOpenAIBatchServer(api_fail=lambda method, path: 404 if path == "/v1/files" else None)
     with no_batch_api as server, pytest.raises(TeamsRLError) as missing:
         batch(server).generate([ask("a")])
     assert rejected.value.field == "expert_api_key_env" and KEY not in str(rejected.value)
@@ -189,7 +191,7 @@ def test_the_job_is_in_the_ledger_before_it_ends_then_answers_from_the_ledger_at
     price = Price(input=2.0, output=8.0, batch_discount=0.5)
     ledger = Ledger(tmp_path / "ledger.sqlite")
     requests = [ask(f"question {i}", seed=i) for i in range(3)]
-    with FakeOpenAIServer(hold_batches=True, reply=lambda m: "a b c d") as server:
+    with FakeOpenAIBatchServer(hold_batches=True, reply=lambda m: "a b c d") as server:
         client = RoleClient(batch(server), ledger, "expert", price=price)
         out: list = []
         worker = threading.Thread(target=lambda: out.extend(client.generate(requests)), daemon=True)
@@ -216,7 +218,7 @@ def test_a_wait_that_fails_keeps_the_job_and_the_next_call_polls_it(tmp_path):
     down = {"polls": True}
     api_fail = lambda method, path: 503 if down["polls"] and path.startswith("/v1/batches/") else None  # noqa: E731
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    with FakeOpenAIServer(api_fail=api_fail, reply=lambda m: "late") as server:
+    with FakeOpenAIBatchServer(api_fail=api_fail, reply=lambda m: "late") as server:
         client = RoleClient(batch(server, max_retries=1), ledger, "expert")
         with pytest.raises(TeamsRLError) as info:
             client.generate([ask("a"), ask("b")])
@@ -232,7 +234,7 @@ def test_a_wait_that_fails_keeps_the_job_and_the_next_call_polls_it(tmp_path):
 def test_a_job_whose_lines_all_failed_is_not_read_again_the_calls_get_a_new_job(tmp_path):
     """The set of calls recurs because none was answered: re-reading the finished job would fail them forever."""
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    with FakeOpenAIServer(failures=[500, 500], reply=lambda m: "fine") as server:
+    with FakeOpenAIBatchServer(failures=[500, 500], reply=lambda m: "fine") as server:
         client = RoleClient(batch(server), ledger, "expert")
         assert [r.ok for r in client.generate([ask("a"), ask("b")])] == [False, False]
         assert [r.text for r in client.generate([ask("a"), ask("b")])] == ["fine", "fine"]
@@ -244,7 +246,7 @@ def test_a_recorded_job_that_expired_while_no_one_waited_is_submitted_again(tmp_
     down = {"polls": True}
     api_fail = lambda method, path: 503 if down["polls"] and path.startswith("/v1/batches/") else None  # noqa: E731
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    with FakeOpenAIServer(api_fail=api_fail, batch_fates=["expired"], expired_answers=0) as server:
+    with FakeOpenAIBatchServer(api_fail=api_fail, batch_fates=["expired"], expired_answers=0) as server:
         client = RoleClient(batch(server, max_retries=0), ledger, "expert")
         with pytest.raises(TeamsRLError):
             client.generate([ask("a"), ask("b")])
@@ -263,7 +265,7 @@ def test_score_through_a_job_gives_the_direct_routes_logprobs():
         return [("Yes", -0.2), (" yes", -2.0), ("No", -1.8)] if last_user(messages) == "good" else [("No", -0.1)]
 
     requests = [judge("good"), judge("bad"), judge("good", ("No", "Yes"))]
-    with FakeOpenAIServer(top_logprobs=top) as server:
+    with FakeOpenAIBatchServer(top_logprobs=top) as server:
         expected = direct(server).score(requests)
         got = batch(server).score(requests)
     assert [r.logprobs for r in got] == [r.logprobs for r in expected]
@@ -277,7 +279,7 @@ def test_score_lines_that_refuse_logprobs_are_asked_again_without_them_in_a_seco
     fail = lambda body: 400 if body.get("logprobs") and last_user(body["messages"]) != "fine" else None  # noqa: E731
     error_body = lambda status, auth: "logprobs are not supported with this model"  # noqa: E731
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    with FakeOpenAIServer(fail=fail, error_body=error_body, reply=lambda m: "No") as server:
+    with FakeOpenAIBatchServer(fail=fail, error_body=error_body, reply=lambda m: "No") as server:
         client = RoleClient(batch(server), ledger, "reviewer")
         fine, refused = client.score([judge("fine"), judge("reasoning model")])
     assert fine.ok and fine.logprobs[0] > fine.logprobs[1]  # scored by its logprobs
@@ -332,14 +334,14 @@ def test_a_run_killed_while_waiting_polls_the_same_job_when_re_run(tmp_path):
     seeds.write_text(
         "".join(json.dumps({"id": f"b{i}", "instruction": f"Explain idea {i}."}) + "\n" for i in range(4))
     )
-    with FakeOpenAIServer(reply=_reply) as server:
+    with FakeOpenAIBatchServer(reply=_reply) as server:
         _finished(_synthesize(seeds, tmp_path / "reference", server.port))
         reference_jobs = server.batches_created
     reference_rows = load_rows(tmp_path / "reference" / "dataset")[0]
     assert reference_rows and reference_jobs == 2  # depth 1: the rewrites' job, then the answers' job
 
     run = tmp_path / "run"
-    with FakeOpenAIServer(reply=_reply, hold_batches=True) as server:
+    with FakeOpenAIBatchServer(reply=_reply, hold_batches=True) as server:
         victim = _synthesize(seeds, run, server.port)
         wait_for(lambda: _recorded_jobs(run) and server.batch_polls_seen >= 1, "a recorded, polled job", 60.0)
         victim.send_signal(signal.SIGKILL)
