@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import email.utils
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -21,6 +19,7 @@ from typing import Any, TypeVar
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.llm.base import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
+from teams_rl.llm.openai_errors import _cause_name, _Fatal, _is_unreachable, _NotJSON, _retry_after, _status_message
 from teams_rl.llm.openai_responses import (
     SCORE_PARAMS,
     _short,
@@ -36,18 +35,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _DEFAULT_BASE_URL = "https://api.openai.com/v1"
-
-
-class _NotJSON(Exception):
-    """A 200 whose body is not JSON at all (a proxy's HTML page): the client hands it back as text."""
-
-
-class _Fatal(Exception):
-    """Carries a TeamsRLError out of one request so the whole batch stops (the server is unusable, not flaky)."""
-
-    def __init__(self, error: TeamsRLError):
-        super().__init__(error.message)
-        self.error = error
 
 
 class OpenAIBackend:
@@ -292,46 +279,9 @@ def _run_sync(make_coro: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(lambda: asyncio.run(make_coro())).result()
 
 
-def _is_unreachable(exc: Exception) -> bool:
-    """Connection refused or DNS failure: nothing answered, as opposed to a connection that broke mid-request."""
-    # By name: the client may wrap httpx2's or legacy httpx's ConnectError, depending on what is installed.
-    return type(exc.__cause__).__name__ == "ConnectError"
-
-
-def _cause_name(exc: Exception) -> str:
-    return type(exc.__cause__ or exc).__name__
-
-
-def _status_message(exc: Any, key: str) -> str:
-    """The server's own error message, short: the openai client put the inner ``error`` object in ``body``.
-
-    Scrubbed before it is cut, so a key that straddles the cut cannot leave its first characters behind."""
-    body = exc.body
-    message = body.get("message") if isinstance(body, dict) else body
-    return _short(message if message else exc.message, key)
-
-
 def _shown(url: str) -> str:
     """The URL for messages, without any ``user:password@`` part."""
     parts = urllib.parse.urlsplit(url)
     if "@" not in parts.netloc:
         return url
     return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date); None when absent or bad."""
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) / divisor
-        except ValueError:
-            parsed = email.utils.parsedate_tz(value) if divisor == 1.0 else None
-            if parsed is None:
-                continue
-            seconds = email.utils.mktime_tz(parsed) - time.time()
-        if math.isfinite(seconds):
-            return max(seconds, 0.0)
-    return None

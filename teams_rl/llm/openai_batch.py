@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.llm.base import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
-from teams_rl.llm.openai_backend import OpenAIBackend, _Fatal, _field, _status_message
+from teams_rl.llm.openai_backend import OpenAIBackend, _field
+from teams_rl.llm.openai_errors import _Fatal, _status_message
 from teams_rl.llm.openai_responses import (
     SCORE_PARAMS,
     _short,
