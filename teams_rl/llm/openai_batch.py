@@ -8,18 +8,17 @@ poll, so a run killed while waiting polls the same job when re-run instead of pa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.llm.base import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
 from teams_rl.llm.openai_backend import OpenAIBackend, _field
+from teams_rl.llm.openai_batch_lines import Answer, _answer, _custom_ids, _read_lines
 from teams_rl.llm.openai_errors import _Fatal, _status_message
 from teams_rl.llm.openai_responses import (
     SCORE_PARAMS,
@@ -34,7 +33,6 @@ from teams_rl.llm.openai_responses import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Answer = tuple[Any, str | None]  # (a ChatCompletion, None) or (None, the error), as the direct route's calls give
 
 ENDPOINT = "/v1/chat/completions"
 MAX_REQUESTS = 50_000  # the most lines OpenAI takes in one job
@@ -260,51 +258,6 @@ class OpenAIBatchBackend(OpenAIBackend):
             log.debug("%s: %s; retry %d/%d in %.2fs", what, error, attempt + 1, self.max_retries, delay)
             time.sleep(delay)
             attempt += 1
-
-
-def _custom_ids(bodies: Sequence[dict], which: Sequence[int] | None = None) -> list[str]:
-    """Each line's id: a digest of its body and its rank among equal bodies, so it is unique in the job and the
-    same in every run, whatever the order the caller passes the same set of calls in."""
-    seen: Counter[str] = Counter()
-    ids = []
-    for body in bodies:
-        digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:24]
-        ids.append(f"{digest}-{seen[digest]}")
-        seen[digest] += 1
-    return ids if which is None else [ids[i] for i in which]
-
-
-def _read_lines(text: str, file_id: str) -> dict[str, dict]:
-    lines = {}
-    for n, raw in enumerate(text.splitlines(), 1):
-        try:
-            line = json.loads(raw) if raw.strip() else None
-        except json.JSONDecodeError:
-            line = None
-            log.warning("line %d of %s is not JSON; its request counts as unanswered", n, file_id)
-        if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
-            lines.setdefault(line["custom_id"], line)
-    return lines
-
-
-def _answer(line: dict, key: str) -> Answer:
-    """One output or error line as the direct route's (response, error): the body, a 200 ``chat.completion``, is
-    built by the client's own lenient parser; a failure reads like the direct route's (``http 400: ...``)."""
-    from openai.types.chat import ChatCompletion
-
-    error = line.get("error")
-    if error:
-        code, message = (error.get("code"), error.get("message")) if isinstance(error, dict) else (None, error)
-        return None, _short(f"{code}: {message}" if code else message, key)
-    response = line.get("response") if isinstance(line.get("response"), dict) else {}
-    status, body = response.get("status_code"), response.get("body")
-    if status != 200:
-        inner = body.get("error") if isinstance(body, dict) else None
-        message = inner.get("message") if isinstance(inner, dict) else inner or body
-        return None, f"{'rate limited' if status == 429 else f'http {status}'}: {_short(message, key)}"
-    if not isinstance(body, dict):
-        return None, f"bad response: not a JSON object ({_short(body, key) or 'empty body'})"
-    return ChatCompletion.model_construct(**body), None
 
 
 def _mark(finished: list) -> None:
