@@ -6,10 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 from teams_rl.core import secrets
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import store_errors, unwritable
+from teams_rl.llm.ledger_schema import CALL_COLUMNS, SCHEMA, add_columns, create
 
 logger = logging.getLogger(__name__)
 
@@ -26,42 +25,6 @@ TIMEOUT_S = 60.0  # how long a write waits for another process's transaction (WA
 
 # SQLite's primary result codes (the low byte of an extended code)
 _PERM, _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 3, 5, 6, 8, 10, 11, 13, 14, 26
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS calls (
-    key TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    model TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    request TEXT NOT NULL,
-    response TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    latency_s REAL NOT NULL,
-    finish_reason TEXT,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS calls_role ON calls(role);
-CREATE TABLE IF NOT EXISTS errors (
-    role TEXT NOT NULL, model TEXT NOT NULL, kind TEXT NOT NULL, error TEXT NOT NULL, created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS batch_jobs (
-    fingerprint TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    model TEXT NOT NULL,
-    batch_id TEXT NOT NULL,
-    requests INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-"""
-# Columns added after the first release: a ledger written before them gets them (NULL in old rows) when opened.
-_ADDED_COLUMNS = (("calls", "usd", "REAL"), ("calls", "batch", "INTEGER NOT NULL DEFAULT 0"))
-_CALL_COLUMNS = (
-    "key, role, model, kind, request, response, prompt_tokens, completion_tokens, latency_s, finish_reason, created, "
-    "usd, batch"
-)
 
 
 @dataclass
@@ -98,50 +61,15 @@ class Ledger:
         with self._errors():
             with store_errors(self.path, "nothing was changed"):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._create()
+            create(self.path)
             if self.path.stat().st_size == 0:
                 raise sqlite3.DatabaseError("it is empty, 0 bytes")
             self.db = sqlite3.connect(self.path, timeout=TIMEOUT_S, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # with WAL: a commit survives a kill; the file stays whole
-            self.db.executescript(_SCHEMA)
-            self._add_columns()
+            self.db.executescript(SCHEMA)
+            add_columns(self.db)
             self.db.commit()
-
-    def _add_columns(self) -> None:
-        for table, column, decl in _ADDED_COLUMNS:
-            present = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
-            if column not in present:
-                try:
-                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-                except sqlite3.OperationalError as err:
-                    if "duplicate column" not in str(err):  # another process added it a moment ago
-                        raise
-
-    def _create(self) -> None:
-        """A new ledger appears whole (schema written, WAL mode set) under its name, never as a 0-byte file a kill
-        could leave behind: built under a temp name, then hard-linked (which never replaces another process's)."""
-        if self.path.exists():
-            return
-        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            db = sqlite3.connect(tmp)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
-                db.commit()
-            finally:
-                db.close()
-            try:
-                os.link(tmp, self.path)
-            except FileExistsError:
-                pass  # another process made it first: use theirs
-            except OSError:  # no hard links on this file system
-                if not self.path.exists():
-                    os.replace(tmp, self.path)
-        finally:
-            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-                leftover.unlink(missing_ok=True)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -213,7 +141,7 @@ class Ledger:
         values = secrets.secret_values()
         with self._errors(), self.db:
             self.db.executemany(
-                f"INSERT OR IGNORE INTO calls ({_CALL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR IGNORE INTO calls ({CALL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         k,
