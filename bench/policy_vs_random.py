@@ -52,6 +52,7 @@ from bench.held_out_table import (
 )
 from bench.policy_report import plain_entry, report
 from teams_rl.core.files import read_jsonl
+from teams_rl.core.layout import LEDGER_FILE
 from teams_rl.env.build import SeedArguments, select_seeds
 from teams_rl.env.environment import State
 from teams_rl.evaluate.compare import (
@@ -173,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the synthesis runs: only the held-out explore table's comparison (minutes, not hours)",
     )
     args = parser.parse_args(argv)
+    if not args.table_only:
+        # a budget caps what a run folder's ledger has spent, so a run folder used before has less (or none) left
+        used = sorted(str(f.parent) for f in Path(args.out).glob(f"*/seed-*/{LEDGER_FILE}"))
+        if used:
+            parser.error(
+                f"--out {args.out} holds earlier synthesis runs ({used[0]}, ...) whose ledgers count "
+                "against the budget: pass a new --out"
+            )
     began = time.perf_counter()
 
     seed_args = SeedArguments(

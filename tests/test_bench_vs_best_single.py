@@ -223,3 +223,13 @@ def test_across_folds_scores_every_seed_with_the_choice_made_on_the_other_folds(
     assert out["best_single_vs_random"]["ratio"] == pytest.approx((3 / 8) / (5 / 35))
     assert out["best_per_category_vs_random"]["ratio"] == pytest.approx((5 / 10) / (5 / 35))
     assert all(v["seeds"] == 5 and v["ci_lo"] <= v["ratio"] <= v["ci_hi"] for v in out.values())
+
+
+def test_a_synthesis_bench_refuses_an_out_folder_whose_ledgers_already_spent_the_budget(tmp_path, capsys):
+    bench = _load("policy_vs_random")
+    (tmp_path / "out" / "random" / "seed-1").mkdir(parents=True)
+    (tmp_path / "out" / "random" / "seed-1" / "ledger.sqlite").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--explore", str(tmp_path / "explore"), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "whose ledgers count against the budget: pass a new --out" in capsys.readouterr().err
