@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fake_openai_server import FakeOpenAIServer
+from fake_openai_server import FakeOpenAIServer, known
 
 BATCH_FATES = ("completed", "failed", "expired", "cancelled")
 _BATCH_ROUTE = re.compile(r"/v1/batches/([^/]+)(/cancel)?")
@@ -62,10 +62,7 @@ class FakeOpenAIBatchServer(FakeOpenAIServer):
         if not hold_batches:
             self.batch_release.set()
         self.batch_polls = batch_polls
-        self.batch_fates = list(batch_fates)
-        unknown = [f for f in self.batch_fates if f not in BATCH_FATES]
-        if unknown:
-            raise ValueError(f"unknown batch fates {unknown}; choose from {BATCH_FATES}")
+        self.batch_fates = known(batch_fates, BATCH_FATES, "batch fates")
         self.expired_answers = expired_answers
         self.batch_error = batch_error
         self.lose = lose

@@ -13,6 +13,16 @@ from typing import Any
 Messages = list[dict[str, str]]
 
 DEFAULT_TOP_LOGPROBS: list[tuple[str, float]] = [("Yes", -0.1), (" yes", -2.5), ("No", -2.4), ("Maybe", -5.0)]
+
+
+def known(values: Sequence[Any], allowed: Sequence[str], what: str) -> list[Any]:
+    """``values`` as a list, after checking that each string among them is one of ``allowed``."""
+    unknown = [v for v in values if isinstance(v, str) and v not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; choose from {allowed}")
+    return list(values)
+
+
 FAULTS = ("drop", "disconnect", "invalid_json", "not_json", "empty_choices", "no_content", "refusal")
 
 
@@ -76,10 +86,7 @@ class FakeOpenAIServer:
         self.latency_s = latency_s
         self.trickle_s = trickle_s
         self.trickle_chunks = trickle_chunks
-        self.failures = list(failures)
-        unknown = [f for f in self.failures if isinstance(f, str) and f not in FAULTS]
-        if unknown:
-            raise ValueError(f"unknown faults {unknown}; choose from {FAULTS}")
+        self.failures = known(failures, FAULTS, "faults")
         self.fail = fail
         self.retry_after = retry_after
         self.hang = hang

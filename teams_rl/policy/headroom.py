@@ -86,15 +86,16 @@ def summarize(rows: Sequence[Mapping], actions: Sequence[str], folds: Mapping[st
     uniform = sum(sum(table[s][a] for a in actions) / len(actions) for s in states) / len(states)
     reward_uniform = sum(v["mean_reward"] for v in per_action.values()) / len(actions)
 
-    if len({folds.get(meta[s][0]) for s in states}) < 2:
+    fold_of = {s: folds.get(meta[s][0]) for s in states}
+    if len(set(fold_of.values())) < 2:
         raise ValueError("the headroom needs explored seeds in at least two folds (it chooses on the others)")
 
     def chosen(by_category: bool) -> float:
         # each fold's states take the action chosen on the other folds' cells (of the state's category if asked)
         total = 0.0
-        for fold in {folds.get(meta[s][0]) for s in states}:
-            single, per_category = best_by_category(r for r in complete if folds.get(r["seed_id"]) != fold)
-            for s in (t for t in states if folds.get(meta[t][0]) == fold):
+        for fold in set(fold_of.values()):
+            single, per_category = best_by_category(r for r in complete if fold_of[r["state"]] != fold)
+            for s in (t for t in states if fold_of[t] == fold):
                 total += table[s][per_category.get(meta[s][1], single) if by_category else single]
         return total / len(states)
 
