@@ -400,3 +400,5 @@ def test_every_pipeline_recipe_plans_and_every_stage_command_parses(recipe, monk
     assert sft[sft.index("--dataset_name") + 1] == str(Path(args.run_dir) / "dataset")
     for stage in stages:  # every recipe a stage names exists
         assert stage.recipe is None or (ROOT / stage.recipe).is_file()
+    # TRL's PPO is the default trainer in every pipeline (GRPO and classic are alternatives)
+    assert yaml.safe_load((ROOT / raw["policy_recipe"]).read_text())["algorithm"] == "ppo", raw["policy_recipe"]

@@ -98,6 +98,8 @@ def _values(recipe: Path) -> dict:
     from teams_rl.synthesize.args import ARGUMENTS
 
     argv = ["--config", str(recipe)]
+    if "bf16: true" in recipe.read_text():  # a GPU recipe: TrainingArguments refuses bf16 on a CPU-only machine
+        argv += ["--use_cpu", "true"]
     classes = ARGUMENTS if "synthesize" in recipe.parts else argument_classes(argv)
     parsed, _ = parse_args(classes, argv)
     shared = [p for p in parsed if isinstance(p, EnvArguments | ReviewArguments)]
@@ -111,10 +113,15 @@ def test_training_and_synthesis_parse_the_same_screening_and_reward_settings():
     assert EnvArguments in ARGUMENTS and ReviewArguments in ARGUMENTS
     for algorithm in ("ppo", "grpo", "classic"):
         assert EnvArguments in argument_classes(["--algorithm", algorithm])
-    synthesis = _values(RECIPES / "synthesize" / "config_random.yaml")
-    for name in ("config_ppo.yaml", "config_grpo.yaml", "config_classic.yaml"):
-        policy = _values(RECIPES / "policy" / name)
-        assert {k: policy[k] for k in REWRITE_SIDE} == {k: synthesis[k] for k in REWRITE_SIDE}, name
+    pairs = {RECIPES / "synthesize" / "config_random.yaml": sorted((RECIPES / "policy").glob("config_*.yaml"))}
+    llama = RECIPES.parent / "llama-3.1-8b"
+    pairs[llama / "synthesize" / "config.yaml"] = sorted((llama / "policy").glob("config_*.yaml"))
+    for synthesis_recipe, policy_recipes in pairs.items():
+        synthesis = _values(synthesis_recipe)
+        assert len(policy_recipes) >= 2, policy_recipes
+        for recipe in policy_recipes:
+            policy = _values(recipe)
+            assert {k: policy[k] for k in REWRITE_SIDE} == {k: synthesis[k] for k in REWRITE_SIDE}, recipe
 
 
 def test_the_rewriter_has_no_length_key_of_its_own():
