@@ -105,6 +105,8 @@ def run(name: str, ref: str, synth_seed: int, args, extra: list[str]) -> dict:
         str(args.budget),
         "--expert_max_new_tokens",
         str(args.answer_tokens),
+        "--drop_truncated_responses",  # answers are cut short for speed: the rewrite, the policy's choice, is
+        "false",  # what is counted, not whether a 96-token answer finished
         "--overwrite",  # a rerun with other flags re-measures: the old dataset moves to superseded/, the ledger stays
         "true",
         *extra,
@@ -159,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=60, help="expert calls per policy and synthesis seed")
     parser.add_argument("--synth-seeds", type=int, nargs="+", default=[1, 2, 3], help="synthesis run seeds")
     parser.add_argument("--depth", type=int, default=2, help="evolution steps per seed (default 2)")
-    parser.add_argument("--answer-tokens", type=int, default=96, help="expert answer length (default 96)")
+    parser.add_argument(
+        "--answer-tokens",
+        type=int,
+        default=96,
+        help="expert answer length (default 96; a cut answer still counts as a row here)",
+    )
     parser.add_argument(
         "--rewrite-tokens", type=int, default=None, help="rewrite_max_new_tokens (default: the recipe's)"
     )

@@ -85,6 +85,20 @@ def test_writes_dataset_with_lineage(seeds_file, tmp_path, backend):
     assert (tmp_path / "run" / "config" / "synthesize.yaml").exists()
 
 
+def test_a_cut_answer_is_eliminated_by_default_and_kept_only_when_asked(seeds_file, tmp_path, backend):
+    # the scripted answer has about 30 words; at 10 tokens every answer is cut (finish_reason "length")
+    summary = run(seeds_file, tmp_path / "drop", "--expert_max_new_tokens", "10")
+    rows, rejected, _ = load_rows(tmp_path / "drop" / "dataset")
+    answers = [r for r in rejected if r["stage"] == "answer"]
+    assert rows == [] and summary["rows"] == 0 and answers
+    assert {r["reason"] for r in answers} == {"answer_truncated"}
+    assert summary["eliminated"]["answer_truncated"] == len(answers)
+    kept = run(seeds_file, tmp_path / "keep", "--expert_max_new_tokens", "10", "--drop_truncated_responses", "false")
+    rows = load_rows(tmp_path / "keep" / "dataset")[0]
+    assert len(rows) == kept["rows"] == len(answers)
+    assert {r["response_finish_reason"] for r in rows} == {"length"}
+
+
 def test_rerun_spends_zero_new_calls_and_gives_identical_rows(seeds_file, tmp_path, backend):
     first = run(seeds_file, tmp_path / "run")
     rows_before = load_rows(tmp_path / "run" / "dataset")[0]

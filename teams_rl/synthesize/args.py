@@ -87,7 +87,13 @@ class SynthesisArguments:
             "whose models are behind an openai server).",
         },
     )
-    drop_truncated_responses: bool = field(default=False, metadata={"help": "Eliminate answers cut by max tokens."})
+    drop_truncated_responses: bool = field(
+        default=True,
+        metadata={
+            "help": "Eliminate an answer cut at expert_max_new_tokens (reason answer_truncated): SFT would append "
+            "the end-of-turn token to it and teach the model to stop mid-sentence. false keeps cut answers."
+        },
+    )
     overwrite: bool = field(
         default=False,
         metadata={
