@@ -15,7 +15,7 @@ from pathlib import Path
 
 from teams_rl.core.files import read_jsonl
 from teams_rl.env.environment import State
-from teams_rl.evaluate.compare import Interval, paired_bootstrap_rate_ratio
+from teams_rl.evaluate.intervals import Interval, paired_bootstrap_rate_ratio
 from teams_rl.policy.headroom import best_action, best_by_category
 
 PER_CATEGORY = "category:"

@@ -59,11 +59,11 @@ from teams_rl.evaluate.compare import (
     action_entropy,
     diversity_at_n,
     near_duplicate_rate,
-    paired_bootstrap_rate_ratio,
     per_seed_yield,
     plot_ratios,
     state_spread,
 )
+from teams_rl.evaluate.intervals import paired_bootstrap_rate_ratio
 from teams_rl.llm.embeddings import load_embedder
 from teams_rl.synthesize.run import main as synthesize
 

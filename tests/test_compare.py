@@ -7,16 +7,14 @@ import numpy as np
 import pytest
 
 from teams_rl.evaluate.compare import (
-    Interval,
     action_entropy,
     diversity_at_n,
     near_duplicate_rate,
-    paired_bootstrap_rate_ratio,
-    paired_bootstrap_ratio,
     plot_ratios,
     rows_at_budget,
     state_spread,
 )
+from teams_rl.evaluate.intervals import Interval, paired_bootstrap_rate_ratio, paired_bootstrap_ratio
 
 
 def _one_hot_embedder(calls: list | None = None):
@@ -221,7 +219,7 @@ def test_plot_ratios_writes_a_png(tmp_path):
 
 
 def test_rate_ratio_is_rows_per_call_over_rows_per_call():
-    from teams_rl.evaluate.compare import paired_bootstrap_rate_ratio
+    from teams_rl.evaluate.intervals import paired_bootstrap_rate_ratio
 
     units = [f"s{i}" for i in range(30)]
     base_rows = {u: float(i % 3) for i, u in enumerate(units)}

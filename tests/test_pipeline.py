@@ -375,7 +375,8 @@ def test_run_killed_during_sft_resumes_from_its_checkpoint(tiny_model_dir, tmp_p
 @pytest.mark.parametrize("recipe", sorted(ROOT.glob("recipes/*/pipeline.yaml")), ids=lambda p: p.parent.name)
 def test_every_pipeline_recipe_plans_and_every_stage_command_parses(recipe, monkeypatch):
     from teams_rl.core.recipes import parse_args
-    from teams_rl.pipeline.plan import PipelineArguments, plan, validate
+    from teams_rl.pipeline.plan import PipelineArguments, plan
+    from teams_rl.pipeline.validate import validate
 
     monkeypatch.chdir(ROOT)
     # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU-only machine unless use_cpu is set.

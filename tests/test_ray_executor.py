@@ -199,7 +199,8 @@ def test_a_changed_recipe_is_refused_and_its_stale_shards_superseded_once_the_ru
 def test_pipeline_synthesize_overrides_put_both_synthesis_stages_on_ray(tmp_path, monkeypatch):
     """No pipeline key of its own: `synthesize_overrides: [executor=ray, num_shards=4]` reaches the synthesize and
     the random-baseline commands as flags, which parse."""
-    from teams_rl.pipeline.plan import PipelineArguments, parse_stage, plan, validate
+    from teams_rl.pipeline.plan import PipelineArguments, plan
+    from teams_rl.pipeline.validate import parse_stage, validate
 
     monkeypatch.chdir(ROOT)
     args = PipelineArguments(

@@ -1,5 +1,5 @@
 """What ``teams-rl run`` will do: the pipeline recipe (``PipelineArguments``), each stage's exact command line wired
-to the run folder, a fingerprint per stage, and an up-front parse of every command line."""
+to the run folder, and a fingerprint per stage (the up-front parse of every command line is ``validate``'s)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 from teams_rl.core.bounds import bounded, one_of
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.layout import recipe_path
-from teams_rl.core.recipes import parse_args, recipe_line
+from teams_rl.core.recipes import recipe_line
+from teams_rl.pipeline.validate import parse_stage
 
 STAGE_ORDER = ("train-policy", "synthesize", "baseline", "sft", "evaluate", "push")
 UPSTREAM = {
@@ -291,45 +292,6 @@ def _pushed(run: Path, command: list[str]) -> bool:
     return entry.get("repo_id") == repo and (entry.get("revision") or "main") == (revision or "main")
 
 
-OVERRIDES = {
-    "train-policy": "policy_overrides",
-    "synthesize": "synthesize_overrides",
-    "baseline": "baseline_overrides",
-    "sft": "sft_overrides",
-    "evaluate": "eval_overrides",
-}
-
-
-def parse_stage(name: str, argv: list[str], recipe: str | None = None) -> tuple:
-    """A stage's command line parsed as the stage will parse it; a bad flag points at the pipeline's overrides."""
-    from teams_rl.evaluate.args import EvalArguments
-    from teams_rl.policy import train
-    from teams_rl.sft import args as sft
-    from teams_rl.synthesize import run as synthesize
-
-    try:
-        if name == "train-policy":
-            return parse_args(train.argument_classes(argv), argv, "teams-rl train-policy")[0]
-        if name in ("synthesize", "baseline"):
-            from teams_rl.synthesize.distributed import check_executor
-
-            parsed = parse_args(synthesize.ARGUMENTS, argv, "teams-rl synthesize")[0]
-            check_executor(parsed[1])  # executor ray with a shard: refused before any stage runs
-            return parsed
-        if name == "sft":
-            return sft.parse(argv)[0]
-        return parse_args([EvalArguments], argv, "teams-rl evaluate")[0]
-    except TeamsRLError as err:
-        raise err.located(recipe, recipe_line(recipe, OVERRIDES[name])) from None
-
-
 def _sft_weights(argv: list[str], recipe: str | None) -> str:
     """adapter/ for LoRA and QLoRA, model/ for a full fine-tune (read from the parsed SFT command line)."""
     return "adapter" if parse_stage("sft", argv, recipe)[2].use_peft else "model"
-
-
-def validate(stages: list[Stage], recipe: str | None = None) -> None:
-    """Parse every stage's command line now, so a typo in a recipe or an override fails before hours of work."""
-    for stage in stages:
-        if stage.recipe and stage.name != "sft":  # sft was parsed by plan()
-            parse_stage(stage.name, stage.commands[0][stage.commands[0].index("--config") :], recipe)

@@ -17,8 +17,9 @@ from pathlib import Path
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.guard import move_aside
 from teams_rl.core.recipes import parse_args
-from teams_rl.pipeline.plan import PipelineArguments, Stage, plan, validate
+from teams_rl.pipeline.plan import PipelineArguments, Stage, plan
 from teams_rl.pipeline.state import read_state, status_of, write_state
+from teams_rl.pipeline.validate import validate
 
 logger = logging.getLogger(__name__)
 
