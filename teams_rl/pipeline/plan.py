@@ -13,7 +13,8 @@ from pathlib import Path
 from teams_rl.core.bounds import bounded, one_of
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.layout import recipe_path
-from teams_rl.core.recipes import parse_args, recipe_line
+from teams_rl.core.recipe_check import recipe_line
+from teams_rl.core.recipes import parse_args
 
 STAGE_ORDER = ("train-policy", "synthesize", "baseline", "sft", "evaluate", "push")
 UPSTREAM = {
