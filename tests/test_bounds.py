@@ -12,7 +12,8 @@ import pytest
 
 from teams_rl.core.bounds import SHARD, at_least, between, bound_of, bounded, is_numeric, resolved_fields
 from teams_rl.core.errors import TeamsRLError
-from teams_rl.core.recipes import inert_keys, parse_args
+from teams_rl.core.recipe_check import inert_keys
+from teams_rl.core.recipes import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "smollm2-135m"
@@ -114,7 +115,7 @@ def test_bounded_decorator_leaves_the_parent_untouched():
 def test_a_recipe_value_out_of_bounds_names_file_line_and_key(tmp_path, recipe, key, value, phrase):
     import yaml
 
-    from teams_rl.core.recipes import validate_recipe
+    from teams_rl.core.recipe_check import validate_recipe
 
     source = (RECIPES / recipe).read_text(encoding="utf-8")
     path = tmp_path / "recipe.yaml"

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from teams_rl.core.errors import TeamsRLError
-from teams_rl.core.recipes import validate_recipe
+from teams_rl.core.recipe_check import validate_recipe
 
 
 @dataclass

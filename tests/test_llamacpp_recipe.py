@@ -5,7 +5,8 @@ from pathlib import Path
 
 import yaml
 
-from teams_rl.core.recipes import parse_args, validate_recipe
+from teams_rl.core.recipe_check import validate_recipe
+from teams_rl.core.recipes import parse_args
 from teams_rl.synthesize.args import ARGUMENTS
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "smollm2-135m" / "synthesize"

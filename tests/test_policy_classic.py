@@ -8,7 +8,8 @@ import torch
 from teams_rl.env.environment import State
 from teams_rl.llm.role_client import Budget
 from teams_rl.policy import classic, load_policy
-from teams_rl.policy.classic import ClassicConfig, ClassicPolicy, conjugate_gradient, gae
+from teams_rl.policy.classic import ClassicConfig, ClassicPolicy
+from teams_rl.policy.trpo import conjugate_gradient, gae
 from tests.policy_helpers import ACTIONS, make_setup
 
 NAMES = [a.name for a in ACTIONS]

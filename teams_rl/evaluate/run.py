@@ -17,7 +17,8 @@ from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import atomic_write_text
 from teams_rl.core.guard import config_changes, move_aside, output_lock, refusal
 from teams_rl.core.layout import ROWS_FILE
-from teams_rl.core.recipes import located, parse_args, to_yaml
+from teams_rl.core.recipe_check import located
+from teams_rl.core.recipes import parse_args, to_yaml
 from teams_rl.core.refs import looks_like_path, resolve_model, upstream_id
 from teams_rl.evaluate import lmeval, privacy
 from teams_rl.evaluate import report as eval_report

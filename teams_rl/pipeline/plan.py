@@ -13,7 +13,7 @@ from pathlib import Path
 from teams_rl.core.bounds import bounded, one_of
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.layout import recipe_path
-from teams_rl.core.recipes import recipe_line
+from teams_rl.core.recipe_check import recipe_line
 from teams_rl.pipeline.validate import parse_stage
 
 STAGE_ORDER = ("train-policy", "synthesize", "baseline", "sft", "evaluate", "push")

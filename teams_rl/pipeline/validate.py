@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from teams_rl.core.errors import TeamsRLError
-from teams_rl.core.recipes import parse_args, recipe_line
+from teams_rl.core.recipe_check import recipe_line
+from teams_rl.core.recipes import parse_args
 
 if TYPE_CHECKING:
     from teams_rl.pipeline.plan import Stage

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from teams_rl.core.bounds import COUNT, bounded
 from teams_rl.core.files import atomic_write_text, write_jsonl
-from teams_rl.core.recipes import located, parse_args
+from teams_rl.core.recipe_check import located
+from teams_rl.core.recipes import parse_args
 from teams_rl.env.build import select_seeds
 from teams_rl.env.environment import State, Transition, derive_seed
 from teams_rl.env.seeds import split_seeds

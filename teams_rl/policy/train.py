@@ -18,7 +18,8 @@ from teams_rl.core.bounds import BUDGET, COUNT, Bound, bounded, one_of
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.guard import claim, output_lock
 from teams_rl.core.layout import PLOTS_DIR, POLICY_DIR, recipe_path
-from teams_rl.core.recipes import located, parse_args, role_arguments, role_settings, to_yaml
+from teams_rl.core.recipe_check import located
+from teams_rl.core.recipes import parse_args, role_arguments, role_settings, to_yaml
 from teams_rl.env.actions import Action
 from teams_rl.env.build import (
     EnvArguments,

@@ -11,7 +11,8 @@ from trl.scripts.utils import DatasetConfig, DatasetMixtureConfig
 
 from teams_rl.core.bounds import COUNT, POSITIVE, TRAINING_ARGUMENTS, at_least, between, bounded
 from teams_rl.core.errors import TeamsRLError
-from teams_rl.core.recipes import inert, parse_args, recipe_line, validate_recipe
+from teams_rl.core.recipe_check import recipe_line, validate_recipe
+from teams_rl.core.recipes import inert, parse_args
 from teams_rl.llm.model_config import LoraModelConfig
 from teams_rl.sft.data import check_mixture_entries
 

@@ -17,7 +17,7 @@ from teams_rl.core import secrets
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import atomic_write_text, sha256
 from teams_rl.core.markdown import render
-from teams_rl.core.recipes import inert_keys
+from teams_rl.core.recipe_check import inert_keys
 from teams_rl.core.refs import EMBEDDED, is_embedded, upstream_id
 from teams_rl.core.versions import framework_versions
 

@@ -23,7 +23,7 @@ from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import atomic_folder, swap_in
 from teams_rl.core.guard import SUPERSEDED_DIR, claim, output_lock
 from teams_rl.core.plotting import pyplot, save
-from teams_rl.core.recipes import located
+from teams_rl.core.recipe_check import located
 from teams_rl.core.refs import resolve_model
 from teams_rl.sft.args import check_setup, parse
 from teams_rl.sft.card import resolved_yaml, sft_facts, write_card

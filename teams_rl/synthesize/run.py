@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from teams_rl.core.errors import BudgetExhausted
 from teams_rl.core.guard import claim, output_lock
 from teams_rl.core.layout import DATASET_DIR, SUMMARY_FILE, recipe_path, shard_dir
-from teams_rl.core.recipes import located, parse_args, role_settings, to_yaml
+from teams_rl.core.recipe_check import located
+from teams_rl.core.recipes import parse_args, role_settings, to_yaml
 from teams_rl.core.refs import upstream_id
 from teams_rl.env.build import (
     EnvArguments,
