@@ -44,8 +44,8 @@ def _train(tmp_path, monkeypatch, features, embedder=None, **overrides):
     setup, _ = make_setup(tmp_path, monkeypatch, preferred="deepen", instructor_model=None, depth=2)
     kls, trpo_step = [], classic.trpo_step
 
-    def recording(*args):
-        stats = trpo_step(*args)
+    def recording(*args, **kwargs):
+        stats = trpo_step(*args, **kwargs)
         kls.append(stats["kl"])
         return stats
 

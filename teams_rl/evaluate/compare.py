@@ -12,11 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from teams_rl.core.plotting import pyplot, save
-from teams_rl.evaluate.intervals import Interval, paired_bootstrap_rate_ratio
+from teams_rl.evaluate.intervals import BLOCK_ENTRIES, Interval, paired_bootstrap_rate_ratio
 from teams_rl.evaluate.metrics import distinct_n, vendi_score
-
-# Near-duplicate cosine blocks hold at most this many entries (float64: 32 MiB), whatever the number of texts.
-_BLOCK = 1 << 22
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -74,7 +71,7 @@ def near_duplicate_rate(
     if len(texts) < 2:
         return 0.0
     x = _unit_rows(_embed(texts, embed))
-    step = max(1, _BLOCK // len(x))
+    step = max(1, BLOCK_ENTRIES // len(x))
     dup = np.zeros(len(x), dtype=bool)
     for start in range(0, len(x), step):
         cosine = x[start : start + step] @ x.T

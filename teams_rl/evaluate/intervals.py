@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-# Bootstrap index blocks hold at most this many entries (int64: 32 MiB), whatever the number of units.
-_BLOCK = 1 << 22
+# Work arrays (bootstrap index blocks here, cosine blocks in ``compare``) hold at most this many entries (32 MiB of
+# int64 or float64), whatever the number of units or texts.
+BLOCK_ENTRIES = 1 << 22
 
 
 # Ratios within TIE of 1 are ties: the same policy computed another way (an exactly uniform head's softmax against
@@ -118,7 +119,7 @@ def _bootstrap(columns: list[np.ndarray], stat, *, n_boot: int, seed: int, level
         return Interval(math.nan, math.nan, math.nan, n, 0, level, math.nan)
     estimate = float(num / den)
     rng = np.random.default_rng(seed)
-    block = max(1, _BLOCK // n)
+    block = max(1, BLOCK_ENTRIES // n)
     ratios = []
     for start in range(0, n_boot, block):
         idx = rng.integers(0, n, size=(min(block, n_boot - start), n))

@@ -4,14 +4,20 @@ overrides field for that stage (``OVERRIDES``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import Protocol
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.recipe_check import recipe_line
 from teams_rl.core.recipes import parse_args
 
-if TYPE_CHECKING:
-    from teams_rl.pipeline.plan import Stage
+
+class StageLine(Protocol):
+    """What the check reads of a planned stage (``plan.Stage``): its name, its recipe and its command lines."""
+
+    name: str
+    recipe: str | None
+    commands: list[list[str]]
 
 
 OVERRIDES = {
@@ -46,7 +52,7 @@ def parse_stage(name: str, argv: list[str], recipe: str | None = None) -> tuple:
         raise err.located(recipe, recipe_line(recipe, OVERRIDES[name])) from None
 
 
-def validate(stages: list[Stage], recipe: str | None = None) -> None:
+def validate(stages: Iterable[StageLine], recipe: str | None = None) -> None:
     """Parse every stage's command line now, so a typo in a recipe or an override fails before hours of work."""
     for stage in stages:
         if stage.recipe and stage.name != "sft":  # sft was parsed by plan()

@@ -157,7 +157,15 @@ def train(setup, config: ClassicConfig) -> Path:
                 last = value(features([setup.pool.state(i) for i in slots])).squeeze(-1)
             adv, returns = gae(rews, values, dones, last, config.gamma, config.lam)
             flat_obs, adv = obs.flatten(0, 1), adv.flatten()
-            stats = trpo_step(policy, flat_obs, acts.flatten(), (adv - adv.mean()) / (adv.std() + 1e-8), config)
+            stats = trpo_step(
+                policy,
+                flat_obs,
+                acts.flatten(),
+                (adv - adv.mean()) / (adv.std() + 1e-8),
+                max_kl=config.max_kl,
+                damping=config.damping,
+                cg_iters=config.cg_iters,
+            )
             for _ in range(config.value_iters):
                 value_loss = (value(flat_obs).squeeze(-1) - returns.flatten()).pow(2).mean()
                 value_opt.zero_grad()

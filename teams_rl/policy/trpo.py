@@ -5,14 +5,10 @@ estimates over a rollout, flat gradients, conjugate gradient on a matrix given o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
-
-if TYPE_CHECKING:
-    from teams_rl.policy.classic import ClassicConfig
 
 
 def mlp(sizes: Sequence[int], out_scale: float = 1.0) -> nn.Sequential:
@@ -57,7 +53,9 @@ def conjugate_gradient(matvec, b: torch.Tensor, iters: int) -> torch.Tensor:
     return x
 
 
-def trpo_step(policy: nn.Module, obs, actions, adv, cfg: ClassicConfig) -> dict[str, float]:
+def trpo_step(
+    policy: nn.Module, obs, actions, adv, *, max_kl: float, damping: float, cg_iters: int
+) -> dict[str, float]:
     """One TRPO update: natural-gradient direction by CG on the Fisher-vector product, then a backtracking line
     search that accepts the first step which improves the surrogate and keeps mean KL <= max_kl."""
     params = list(policy.parameters())
@@ -79,10 +77,10 @@ def trpo_step(policy: nn.Module, obs, actions, adv, cfg: ClassicConfig) -> dict[
     grad_kl = flat_grad(kl(), params, create_graph=True)
 
     def fisher_vector(v):
-        return flat_grad(grad_kl @ v, params, retain_graph=True) + cfg.damping * v
+        return flat_grad(grad_kl @ v, params, retain_graph=True) + damping * v
 
-    direction = conjugate_gradient(fisher_vector, g, cfg.cg_iters)
-    full_step = direction * torch.sqrt(2 * cfg.max_kl / (direction @ fisher_vector(direction)).clamp_min(1e-12))
+    direction = conjugate_gradient(fisher_vector, g, cg_iters)
+    full_step = direction * torch.sqrt(2 * max_kl / (direction @ fisher_vector(direction)).clamp_min(1e-12))
     old_params = parameters_to_vector(params).detach()
     with torch.no_grad():
         before = surrogate().item()
@@ -90,7 +88,7 @@ def trpo_step(policy: nn.Module, obs, actions, adv, cfg: ClassicConfig) -> dict[
             fraction = 0.5**k
             vector_to_parameters(old_params + fraction * full_step, params)
             improvement, divergence = surrogate().item() - before, kl().item()
-            if improvement > 0 and divergence <= cfg.max_kl:
+            if improvement > 0 and divergence <= max_kl:
                 return {"kl": divergence, "improvement": improvement, "step_fraction": fraction, "entropy": entropy}
         vector_to_parameters(old_params, params)
     return {"kl": 0.0, "improvement": 0.0, "step_fraction": 0.0, "entropy": entropy}
