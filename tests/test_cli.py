@@ -160,3 +160,19 @@ def test_unreachable_server_is_one_line_and_keeps_the_previous_dataset(tmp_path)
     assert f"{recipe}:5: expert_base_url:" in line and f"127.0.0.1:{port}" in line
     assert (dataset / "rows.jsonl").read_text(encoding="utf-8") == '{"id": "earlier"}\n'
     assert (out / "config" / "synthesize.yaml").read_text(encoding="utf-8") == earlier
+
+
+def test_known_harmless_warnings_are_quieted_and_others_still_shown():
+    """TRL's PPO warns about the variance of a single importance ratio on every CPU step; nothing else is hidden."""
+    import warnings
+
+    from teams_rl.core.entry import prepare_process
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        prepare_process()
+        warnings.warn(
+            "var(): degrees of freedom is <= 0. Correction should be strictly less", UserWarning, stacklevel=1
+        )
+        warnings.warn("a warning a user must see", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["a warning a user must see"]

@@ -1,5 +1,6 @@
 """Model references: Hub ids and paths pass through; the embedded model converts once, race-safely."""
 
+import logging
 import threading
 from pathlib import Path
 
@@ -150,3 +151,30 @@ def test_the_optional_qwen_expert_is_pinned_to_its_six_parts():
     assert len(spec.parts) == 6 and spec.upstream == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
     assert spec.sha256 == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
     assert [p.member for p in spec.parts] == [f"data/part{i:02d}.bin" for i in range(1, 7)]
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize(("new_head", "reported"), [(None, True), ("score", False), ("classifier", True)])
+def test_only_the_expected_new_head_report_of_a_value_model_is_dropped(tiny_model_dir, new_head, reported):
+    """The tiny Llama's checkpoint has an lm_head and no score head: loaded as a value model, transformers reports
+    both. The report is dropped only when the caller said it initialises exactly that head."""
+    from transformers import AutoModelForSequenceClassification
+
+    from teams_rl.llm.loader import load_causal_lm
+
+    logger, records = logging.getLogger("transformers.modeling_utils"), _Records()
+    logger.addHandler(records)
+    try:
+        load_causal_lm(tiny_model_dir, model_class=AutoModelForSequenceClassification, num_labels=1, new_head=new_head)
+    finally:
+        logger.removeHandler(records)
+    assert any("LOAD REPORT" in m for m in records.messages) is reported
+    assert not logger.filters  # the filter lives only as long as the load

@@ -22,6 +22,9 @@ _HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # TrainingArguments warns whenever its (default) gradient_checkpointing field is set, which TRL's configs do
     (r".*`gradient_checkpointing` is deprecated and will be removed in v6", FutureWarning),
     (r".*`torch.jit.script_method` is deprecated", DeprecationWarning),
+    # TRL's PPO logs the variance of its importance ratios over (epochs x mini-batches x accumulation steps): with
+    # one of each, as on a CPU, that is one value and the metric is nan, which is all the warning says
+    (r"var\(\): degrees of freedom is <= 0", UserWarning),
 )
 # Known harmless log lines, by logger and text: DeepSpeed says it once per process on every CPU machine.
 _HARMLESS_LOGS: dict[str, tuple[str, ...]] = {

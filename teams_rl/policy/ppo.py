@@ -178,7 +178,12 @@ def _load_models(config: PPOPolicyConfig, model_config: ModelConfig):
         ref, dtype=model_config.dtype, attn_implementation=model_config.attn_implementation, **common
     )
     value = load_causal_lm(
-        ref, dtype=model_config.dtype, model_class=AutoModelForSequenceClassification, num_labels=1, **common
+        ref,
+        dtype=model_config.dtype,
+        model_class=AutoModelForSequenceClassification,
+        num_labels=1,
+        new_head="score",  # initialised below at value_init: its "missing" report is expected
+        **common,
     )
     for model in (policy, value):
         if added:
