@@ -155,3 +155,26 @@ def test_read_rows_accepts_the_usual_formats(tmp_path):
         privacy.read_rows(bad)
     assert privacy.sample_rows(list(range(10)), 4, seed=0) == privacy.sample_rows(list(range(10)), 4, seed=0)
     assert len(privacy.sample_rows(list(range(10)), 4, seed=0)) == 4
+
+
+def _results(**tuned):
+    signal = {"members": 5, "non_members": 5}
+    return {
+        "privacy": {
+            "models": {
+                "base": {"neg_loss": {"auc": 0.9, "ci95": [0.7, 1.0], **signal}},
+                "tuned": {name: {"auc": auc, "ci95": list(ci), **signal} for name, (auc, ci) in tuned.items()},
+            }
+        }
+    }
+
+
+def test_the_privacy_verdict_names_the_tuned_signals_whose_interval_excludes_chance():
+    from teams_rl.evaluate.report import privacy_verdict
+
+    leak = privacy_verdict(_results(neg_loss=(0.52, (0.2, 0.88)), neg_loss_vs_base=(0.96, (0.84, 1.0))))
+    assert "loss - base loss (AUC 0.960, 95% 0.840-1.000)" in leak and "better than chance" in leak
+    assert "loss (AUC 0.520" not in leak
+    # the base model is the control: its high AUC is not the tuned model's leak
+    none = privacy_verdict(_results(neg_loss=(0.52, (0.2, 0.88)), min_k=(0.6, (0.5, 0.9))))
+    assert none.startswith("No signal of the tuned model") and "AUC" not in none.split(";")[0]

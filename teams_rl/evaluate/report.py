@@ -26,6 +26,26 @@ def privacy_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
     return out
 
 
+def privacy_verdict(results: dict) -> str:
+    """One sentence on what the membership-inference test found: the tuned model's signals whose 95% interval lies
+    wholly above 0.5 (membership shows through them), or that none does (the base model is the control)."""
+    tuned = results.get("privacy", {}).get("models", {}).get("tuned", {})
+    leaks = [
+        f"{SIGNALS.get(name, name)} (AUC {r['auc']:.3f}, 95% {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f})"
+        for name, r in tuned.items()
+        if r["ci95"][0] > 0.5
+    ]
+    if leaks:
+        return (
+            f"The tuned model's rows show through {', '.join(leaks)}: an attacker with these signals tells "
+            "its training rows from held-out ones better than chance."
+        )
+    return (
+        "No signal of the tuned model tells its training rows from held-out ones better than chance (every 95% "
+        "interval includes 0.5); an AUC near 0.5 is the goal."
+    )
+
+
 def privacy_markdown(results: dict) -> str:
     """The membership-inference table as GitHub Markdown."""
     lines = ["| model | signal | ROC AUC | 95% bootstrap | members / non-members |", "|---|---|---:|---:|---:|"]
@@ -52,7 +72,7 @@ def sections(results: dict) -> list[dict]:
                 "key": "privacy",
                 "title": "Membership inference (privacy)",
                 "body": f"Rows: {p['members']} members vs {p['non_members']} non-members ({p['source']}). "
-                f"{p['note']}.\n\n{privacy_markdown(results)}",
+                f"{p['note']}. {privacy_verdict(results)}\n\n{privacy_markdown(results)}",
             }
         )
     if results.get("metrics"):

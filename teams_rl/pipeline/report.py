@@ -245,7 +245,7 @@ def _policy(run_dir: Path) -> list[str]:
 
 def _evaluation(run_dir: Path) -> list[str]:
     from teams_rl.evaluate import lmeval
-    from teams_rl.evaluate.report import privacy_markdown
+    from teams_rl.evaluate.report import privacy_markdown, privacy_verdict
 
     results = _load(run_dir / "eval" / "results.json")
     if not results:
@@ -257,7 +257,7 @@ def _evaluation(run_dir: Path) -> list[str]:
         lines += [
             "## Membership inference (privacy)",
             "",
-            "ROC AUC near 0.5: the model does not tell its training rows from held-out ones.",
+            privacy_verdict(results),
             "",
             privacy_markdown(results),
             "",
