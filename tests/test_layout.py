@@ -63,7 +63,7 @@ def test_the_wheel_lists_every_package_and_ships_the_eval_tasks():
 
 
 def test_the_default_eval_task_is_found_from_any_folder(tmp_path, monkeypatch):
-    from teams_rl.evaluate.run import _tasks_dir
+    from teams_rl.evaluate.inputs import tasks_dir
 
     monkeypatch.chdir(tmp_path)
-    assert (_tasks_dir("eval") / "teams_rl_mc" / "teams_rl_mc.yaml").is_file()
+    assert (tasks_dir("eval") / "teams_rl_mc" / "teams_rl_mc.yaml").is_file()

@@ -9,10 +9,10 @@ from teams_rl.core.errors import TeamsRLError
 from teams_rl.env.actions import load_actions
 from teams_rl.env.environment import State
 from teams_rl.policy import load_policy
+from teams_rl.policy.action_head import add_action_head
 from teams_rl.policy.instructor import (
     InstructorFormat,
     InstructorPolicy,
-    add_action_head,
     state_probs,
     write_policy_meta,
 )

@@ -11,7 +11,8 @@ from trl import ModelConfig
 
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.policy import load_policy, ppo
-from teams_rl.policy.instructor import InstructorFormat, add_action_head, read_policy_meta
+from teams_rl.policy.action_head import add_action_head
+from teams_rl.policy.instructor import InstructorFormat, read_policy_meta
 from teams_rl.policy.ppo_reward import (
     GET_REWARD_PARAMS,
     CallableReward,
@@ -208,7 +209,7 @@ def test_the_action_head_makes_every_sampled_answer_a_menu_digit(tiny_model_dir)
 def test_lora_on_a_tied_lm_head_is_refused(tmp_path, monkeypatch, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from teams_rl.policy.instructor import instructor_peft_config
+    from teams_rl.policy.action_head import instructor_peft_config
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tied = ModelConfig(

@@ -18,7 +18,7 @@ from teams_rl.env.dataset import load_rows  # noqa: E402
 from teams_rl.evaluate.dataset_metrics import query_counts  # noqa: E402
 from teams_rl.llm.tables import run_totals  # noqa: E402
 from teams_rl.synthesize import run as synth_mod  # noqa: E402
-from teams_rl.synthesize.distributed import budget_share  # noqa: E402
+from teams_rl.synthesize.shards import budget_share  # noqa: E402
 from tests.scripted import make_backend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

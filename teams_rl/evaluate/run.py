@@ -19,8 +19,8 @@ from teams_rl.core.guard import config_changes, move_aside, output_lock, refusal
 from teams_rl.core.layout import ROWS_FILE
 from teams_rl.core.recipe_check import located
 from teams_rl.core.recipes import parse_args, to_yaml
-from teams_rl.core.refs import looks_like_path, resolve_model, upstream_id
-from teams_rl.evaluate import lmeval, privacy
+from teams_rl.core.refs import resolve_model, upstream_id
+from teams_rl.evaluate import inputs, lmeval, privacy
 from teams_rl.evaluate import report as eval_report
 from teams_rl.evaluate.args import EvalArguments
 from teams_rl.llm.loader import default_device
@@ -29,54 +29,6 @@ logger = logging.getLogger(__name__)
 
 
 # --- Setup -----------------------------------------------------------------------------------------------------------
-# The shipped local tasks: the top-level eval/ of a checkout, installed by the wheel as teams_rl/evaluate/tasks.
-SHIPPED_TASKS = "eval"
-
-
-def shipped_tasks_dir() -> Path:
-    """The local lm-eval tasks that ship with teams-rl, in a wheel install or in a checkout."""
-    installed = Path(__file__).resolve().parent / "tasks"
-    return installed if installed.is_dir() else Path(__file__).resolve().parents[2] / SHIPPED_TASKS
-
-
-def _tasks_dir(ref: str | None) -> Path | None:
-    """``tasks_dir`` as a folder: a path as given, else (``eval``) the shipped tasks from wherever it runs."""
-    if not ref:
-        return None
-    path = Path(ref).expanduser()
-    if not path.is_dir() and ref == SHIPPED_TASKS:
-        path = shipped_tasks_dir()
-    if not path.is_dir():
-        raise TeamsRLError("local task folder not found", file=ref, field="tasks_dir")
-    return path
-
-
-def describe_tuned(ref: str) -> dict:
-    """Is ``ref`` a peft adapter (applied to the base) or a full model? A missing local folder is a user error."""
-    path = os.path.expanduser(ref)
-    if os.path.isdir(path):
-        adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))
-        return {
-            "ref": ref,
-            "path": path,
-            "kind": "peft adapter" if adapter else "model",
-            "tokenizer": path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else None,
-        }
-    if looks_like_path(ref):
-        raise TeamsRLError(
-            f"'{ref}' does not exist: run `teams-rl sft` first (it writes OUTPUT_DIR/adapter), or set "
-            "tuned_model: null to evaluate the base only",
-            field="tuned_model",
-        )
-    try:  # a Hub id: an adapter repo has adapter_config.json
-        from peft import PeftConfig
-
-        PeftConfig.from_pretrained(ref)
-        return {"ref": ref, "path": ref, "kind": "peft adapter", "tokenizer": None}
-    except Exception:
-        return {"ref": ref, "path": ref, "kind": "model", "tokenizer": None}
-
-
 def _fingerprint(args: EvalArguments, tuned: dict | None) -> str:
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k != "overwrite"}  # how, not what
     parts = [json.dumps(settings, sort_keys=True)]
@@ -89,40 +41,12 @@ def _fingerprint(args: EvalArguments, tuned: dict | None) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _sft_run_recipe(tuned: str | None) -> str | None:
-    """The recipe ``teams-rl sft`` saved beside its adapter: ``<run>/adapter`` -> ``<run>/config/sft.yaml``."""
-    recipe = Path(tuned).expanduser().parent / "config" / "sft.yaml" if tuned else None
-    return str(recipe) if recipe and recipe.is_file() else None
-
-
-def _privacy_rows(args: EvalArguments) -> tuple[list, list, str]:
-    if args.privacy_members or args.privacy_non_members:
-        if not (args.privacy_members and args.privacy_non_members):
-            raise TeamsRLError("give both privacy_members and privacy_non_members", field="privacy_members")
-        members, others = privacy.read_rows(args.privacy_members), privacy.read_rows(args.privacy_non_members)
-        source = f"files: {args.privacy_members} vs {args.privacy_non_members}"
-    elif recipe := args.privacy_sft_config or _sft_run_recipe(args.tuned_model):
-        members, others = privacy.split_from_sft_recipe(recipe)
-        source = f"SFT recipe {recipe}: train split vs held-out split"
-    else:
-        raise TeamsRLError(
-            "privacy needs privacy_sft_config (the SFT recipe), a tuned model inside an SFT run folder "
-            "(with config/sft.yaml), or privacy_members + privacy_non_members",
-            field="privacy",
-        )
-    return (
-        privacy.sample_rows(members, args.privacy_max_rows, args.seed),
-        privacy.sample_rows(others, args.privacy_max_rows, args.seed + 1),
-        source,
-    )
-
-
 # --- Run -------------------------------------------------------------------------------------------------------------
 def evaluate(args: EvalArguments) -> dict:
     """Run everything the arguments ask for and write ``<output_dir>/eval``. Returns the results dict."""
     began = time.perf_counter()
     out = Path(args.output_dir) / "eval"
-    tuned = describe_tuned(args.tuned_model) if args.tuned_model else None
+    tuned = inputs.describe_tuned(args.tuned_model) if args.tuned_model else None
     fingerprint = _fingerprint(args, tuned)
     previous = out / "results.json"
     with output_lock(args.output_dir, "evaluate"):
@@ -150,7 +74,7 @@ def _evaluate(args: EvalArguments, out: Path, tuned: dict | None, fingerprint: s
     specs = [lmeval.TaskSpec.parse(t) for t in args.tasks] if args.run_lm_eval else []
     manager = tasks_dir = None
     if specs:
-        source = _tasks_dir(args.tasks_dir)
+        source = inputs.tasks_dir(args.tasks_dir)
         tasks_dir = lmeval.resolve_tasks_dir(source, out / "tasks") if source else None
         manager = lmeval.task_manager(specs, tasks_dir)
         lmeval.check_tasks(manager, specs, tasks_dir)
@@ -163,7 +87,7 @@ def _evaluate(args: EvalArguments, out: Path, tuned: dict | None, fingerprint: s
         )
     pairs, privacy_source, n_members = None, None, 0
     if args.privacy:
-        members, others, privacy_source = _privacy_rows(args)
+        members, others, privacy_source = inputs.privacy_rows(args)
         from transformers import AutoTokenizer
 
         # One rendering for both models: the tuned model's template (the one its training rows were written in).

@@ -1,4 +1,5 @@
-"""Policies choose the next action for each state. Every policy implements ``select(states) -> actions``."""
+"""Policies choose the next action for each state. Every policy implements ``select(states) -> actions``. The
+instructor LLM's prompt and policy are in ``instructor``, the action head it answers through in ``action_head``."""
 
 from __future__ import annotations
 

@@ -34,13 +34,11 @@ from teams_rl.core.errors import TeamsRLError
 from teams_rl.core.files import atomic_folder
 from teams_rl.core.recipes import inert
 from teams_rl.llm.model_config import LoraModelConfig
+from teams_rl.policy.action_head import add_action_head, instructor_peft_config, save_action_head
 from teams_rl.policy.instructor import (
     InstructorFormat,
-    add_action_head,
     head_meta,
-    instructor_peft_config,
     probe_actions,
-    save_action_head,
     spread_states,
     write_policy_meta,
 )

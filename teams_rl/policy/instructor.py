@@ -1,5 +1,6 @@
-"""The instructor LLM as a policy: its state prompt, its one-number answer, the logit mask that keeps it on the
-menu, and ``InstructorPolicy``, which loads a trained instructor and picks actions in synthesis."""
+"""The instructor LLM as a policy: its state prompt, its one-number answer, and ``InstructorPolicy``, which loads a
+trained instructor and picks actions in synthesis. The action head with the logit mask that keeps it on the menu is
+in ``action_head``."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 from teams_rl.core.errors import TeamsRLError
 from teams_rl.env.actions import PROMPTS_DIR, Action, PromptSpec, load_prompt
 from teams_rl.env.environment import State, derive_seed
+from teams_rl.policy.action_head import ACTION_HEAD, HEAD_FILE, add_action_head
 
 POLICY_FILE = "policy.json"
-MASK_VALUE = -1e9  # finite, so masked tokens get probability 0 without making entropies nan (0 * -inf)
 _ANSWER_RE = re.compile(r"\s*(\d)\s*")
 
 
@@ -81,61 +82,6 @@ class InstructorFormat:
 def history(state: State) -> str:
     """The rewrites already applied, as the instructor reads them: "none (the seed)" or "deepen, then concretize"."""
     return ", then ".join(a.replace("_", " ") for a in state.actions) if state.actions else "none (the seed)"
-
-
-ACTION_HEAD = "action_head"  # the attribute holding the head; peft's modules_to_save names it
-
-
-def add_action_head(model, token_ids: Sequence[int]):
-    """Give ``model`` an action head: the logits of ``token_ids`` become ``model.action_head(hidden)``, a linear
-    layer on the last hidden state whose weights and bias start at zero, and every other token gets ``MASK_VALUE``.
-
-    So the untrained instructor is exactly uniform over the actions in every state (and so is its KL reference:
-    with the head in peft's ``modules_to_save``, switching the adapter off restores the zero head), yet it reads
-    the instruction through the hidden state, and no tied weight (SmolLM2's ``lm_head`` is its input embedding)
-    is trained. The head is looked up on ``model`` at every call, so peft's wrapper and ``deepcopy`` (a reference
-    model) each use their own. Returns the hook handle.
-    """
-    import torch
-    from torch import nn
-
-    head = model.get_output_embeddings()
-    vocab = head.weight.shape[0] if hasattr(head, "weight") else model.config.vocab_size
-    ids = torch.tensor(list(token_ids))
-    action_head = nn.Linear(head.in_features, len(ids), bias=True, dtype=head.weight.dtype, device=head.weight.device)
-    nn.init.zeros_(action_head.weight)
-    nn.init.zeros_(action_head.bias)
-    setattr(model, ACTION_HEAD, action_head)
-    object.__setattr__(head, "_teams_owner", model)  # not a submodule: only a way back to the model
-
-    def hook(module, inputs, logits):
-        answer = getattr(module._teams_owner, ACTION_HEAD)(inputs[0].to(action_head.weight.dtype))
-        out = torch.full((*logits.shape[:-1], vocab), MASK_VALUE, dtype=logits.dtype, device=logits.device)
-        out[..., ids.to(logits.device)] = answer.to(logits.dtype)
-        return out
-
-    return head.register_forward_hook(hook)
-
-
-def instructor_peft_config(model_config, model):
-    """TRL's peft config for the instructor, with the action head trained and saved in full (``modules_to_save``)
-    and no LoRA on a tied output layer (merging would write the delta into the input embeddings as well)."""
-    from trl import get_peft_config
-
-    config = get_peft_config(model_config)
-    if config is None:
-        return None
-    targets = config.target_modules
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    if tied and targets is not None and not isinstance(targets, str) and "lm_head" in targets:
-        raise TeamsRLError(
-            "lm_head is tied to the input embeddings in this model: leave it out of lora_target_modules (the "
-            "action head is what learns the answer)",
-            field="lora_target_modules",
-        )
-    config.modules_to_save = [*(config.modules_to_save or []), ACTION_HEAD]
-    config.exclude_modules = [ACTION_HEAD]  # trained in full, never LoRA'd (all-linear would pick it up)
-    return config
 
 
 def head_meta(fmt: InstructorFormat, temperature: float) -> dict:
@@ -245,19 +191,6 @@ class InstructorPolicy:
             gen = torch.Generator().manual_seed(derive_seed(self.run_seed, s.seed_id, s.step, "policy"))
             picks.append(names[int(torch.multinomial(p, 1, generator=gen))])
         return picks
-
-
-HEAD_FILE = "action_head.safetensors"
-
-
-def save_action_head(model, folder: Path) -> None:
-    """Write the trained action head (peft's active copy when wrapped) beside the policy's weights."""
-    from safetensors.torch import save_file
-
-    head = getattr(model, ACTION_HEAD, None) or getattr(model.get_base_model(), ACTION_HEAD)
-    if hasattr(head, "modules_to_save"):  # peft's ModulesToSaveWrapper: the trained copy
-        head = head.modules_to_save[head.active_adapter if isinstance(head.active_adapter, str) else "default"]
-    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(folder / HEAD_FILE))
 
 
 def write_untrained_policy(folder: str | Path, base_model: str, actions: Sequence[Action]) -> Path:

@@ -8,7 +8,8 @@ a cluster share the run folder over a network file system, where one SQLite file
 A task whose worker dies (a kill, a lost node, out of memory) is run again by Ray and resumes from its ledger, its
 finished calls answered from it; a ``TeamsRLError`` in a task is the user's to fix, so it is not retried but raised
 here as the one-line error. When every shard is done the driver merges them into ``OUTPUT_DIR/dataset``: per-row seeds
-make the rows and ids those of the single-process run of the same recipe."""
+make the rows and ids those of the single-process run of the same recipe. Each shard's recipe (its part of every
+budget) and the call counts summed over the shards come from ``shards``, which needs no Ray."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -32,14 +33,13 @@ from teams_rl.core.layout import DATASET_DIR, SUMMARY_FILE, recipe_path, shard_d
 from teams_rl.core.recipes import to_yaml
 from teams_rl.env.dataset import merge_datasets
 from teams_rl.synthesize.args import ARGUMENTS
+from teams_rl.synthesize.shards import shard_arguments, sum_calls
 
 logger = logging.getLogger(__name__)
 
 MAX_RETRIES = 3  # runs of a shard whose worker died, after the first: each resumes from the shard's ledger
 POLL_S = 0.5  # how often the driver's bar reads the shards' progress
 OBJECT_STORE_BYTES = 256 * 1024**2  # tasks pass only small summaries; CI machines may have a small /dev/shm
-BUDGET_KEYS = ("max_calls", "max_tokens", "max_usd")
-ROLES = ("expert", "reviewer")
 # Set before torch (or TRL) is imported in a worker, as ``entry.prepare_process`` sets them in a stage's process:
 # with spinning OpenMP threads generation is ~5x slower on small machines. A value the user set is passed instead.
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
@@ -65,41 +65,6 @@ def _import_ray():
     except ImportError:
         raise TeamsRLError("executor ray needs Ray: pip install 'teams-rl[ray]'", field="executor") from None
     return ray
-
-
-def budget_share(total: float | None, index: int, count: int, whole: bool = True) -> float | None:
-    """Shard ``index``'s part of a whole-run budget, so that the ``count`` parts sum to ``total``: ``whole`` units
-    (calls, tokens) dealt as evenly as they go, the first ``total % count`` shards getting one more; dollars split
-    evenly. A shard needing less than its part leaves the rest unspent; one needing more stops early and keeps its
-    rows, as a local run does at its budget."""
-    if total is None:
-        return None
-    if whole:
-        return int(total) // count + (1 if index < int(total) % count else 0)
-    part = total / count
-    return part if index < count - 1 else total - part * (count - 1)
-
-
-def shard_arguments(instances: Sequence, index: int, count: int) -> list:
-    """The recipe of shard ``index`` of ``count``: ``shard: i/N``, each role's budget cut to its share, and
-    ``output_dir`` absolute (a worker on another node may start in another folder). ``overwrite`` is the driver's
-    business (see ``_supersede``), so a shard never moves its own results aside."""
-    out = []
-    for inst in instances:
-        changes = {
-            f"{role}_{key}": budget_share(getattr(inst, f"{role}_{key}"), index, count, whole=key != "max_usd")
-            for role in ROLES
-            for key in BUDGET_KEYS
-            if hasattr(inst, f"{role}_{key}")
-        }
-        if hasattr(inst, "executor"):
-            changes |= {
-                "shard": f"{index}/{count}",
-                "output_dir": os.path.abspath(inst.output_dir),
-                "overwrite": False,
-            }
-        out.append(dataclasses.replace(inst, **changes))
-    return out
 
 
 class Progress:
@@ -303,20 +268,3 @@ def _summary(summaries: list[dict], merged: dict, out: Path, recipe: str | None,
         "lineage": summaries[0]["lineage"] if summaries else None,
         "shard_summaries": summaries,
     }
-
-
-def sum_calls(summaries: Sequence[dict]) -> list[dict]:
-    """The shards' call counts added up per (role, purpose, model); dollars stay None for an unpriced role."""
-    totals: dict[tuple, dict] = {}
-    for s in summaries:
-        for entry in s["calls"]:
-            key = (entry["role"], entry["purpose"], entry["model"])
-            if key not in totals:
-                totals[key] = dict(entry)
-                continue
-            total = totals[key]
-            for name in ("new", "cached", "prompt_tokens", "completion_tokens", "errors"):
-                total[name] += entry[name]
-            if entry.get("usd") is not None:
-                total["usd"] = (total.get("usd") or 0.0) + entry["usd"]
-    return list(totals.values())

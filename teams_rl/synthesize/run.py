@@ -26,15 +26,12 @@ from teams_rl.env.build import (
     select_actions,
     select_seeds,
 )
-from teams_rl.env.chat import to_messages
 from teams_rl.env.dataset import write_dataset
-from teams_rl.env.environment import EMPTY, LLM_ERROR, REFUSAL, TRUNCATED, EvolutionEnv, State, Transition, derive_seed
-from teams_rl.env.parsing import format_rewrite, is_only_punct_or_stopwords, is_refusal
-from teams_rl.env.screens import Screens
+from teams_rl.env.environment import EvolutionEnv, State, Transition
 from teams_rl.env.seeds import parse_shard, shard_seeds
-from teams_rl.llm.base import GenerationRequest
 from teams_rl.llm.factory import sampling_from
 from teams_rl.policy import load_policy
+from teams_rl.synthesize.answer import answer_kept, rejected_row
 from teams_rl.synthesize.args import ARGUMENTS, SynthesisArguments
 
 logger = logging.getLogger(__name__)
@@ -169,9 +166,9 @@ def _synthesize(
         for start in range(0, len(seeds), args.chunk_size):
             chunk = seeds[start : start + args.chunk_size]
             kept, dropped = _evolve(env, policy, [State.from_seed(s) for s in chunk], args.depth)
-            chunk_rows, chunk_rejected = _answer(answers, kept, expert, args, lineage, built.screens)
+            chunk_rows, chunk_rejected = answer_kept(answers, kept, expert, args, lineage, built.screens)
             rows += chunk_rows
-            rejected += [_rejected_row(t) for t in dropped] + chunk_rejected
+            rejected += [rejected_row(t) for t in dropped] + chunk_rejected
             steps += len(kept) + len(dropped)
             seeds_done += len(chunk)
             progress.update(len(chunk))
@@ -215,82 +212,6 @@ def _evolve(env: EvolutionEnv, policy, states: list[State], depth: int) -> tuple
             (kept if t.kept else dropped).append(t)
         states = [t.next_state for t in transitions]
     return kept, dropped
-
-
-def _answer(client, kept: list[Transition], expert: dict, args: SynthesisArguments, lineage: dict, screens: Screens):
-    """The expert answers each kept instruction; the paper's response rules, then the reader's screens (repetition,
-    language, relevance), eliminate bad answers."""
-    sampling = sampling_from(expert)
-    requests = [
-        GenerationRequest(
-            to_messages(t.next_state.instruction, t.next_state.input),
-            sampling,
-            seed=derive_seed(args.seed, t.state.seed_id, t.state.step, "answer"),
-        )
-        for t in kept
-    ]
-    rows, rejected = [], []
-    results = client.generate(requests)
-    reasons = [_screen_answer(result, args.drop_truncated_responses) for result in results]
-    passed = [i for i, r in enumerate(reasons) if r is None]
-    verdicts = screens.responses(
-        [(format_rewrite(kept[i].next_state.instruction, kept[i].next_state.input), results[i].text) for i in passed]
-    )
-    for i, verdict in zip(passed, verdicts, strict=True):
-        reasons[i] = verdict
-    for t, result, reason in zip(kept, results, reasons, strict=True):
-        if reason is not None:
-            rejected.append(_rejected_row(t, stage="answer", reason=reason, text=result.text))
-            continue
-        s = t.next_state
-        rows.append(
-            {
-                "id": f"{s.seed_id}/{s.step}",
-                "seed_id": s.seed_id,
-                "instruction": s.instruction,
-                "input": s.input,
-                "response": result.text,
-                "depth": s.depth,
-                "step": s.step,
-                "actions": list(s.actions),
-                "parent_instruction": t.state.instruction,
-                "reward": t.reward,
-                "gain": t.review.gain,
-                **{f"score_{m}": v for m, v in t.review.scores.items()},
-                "review_parse_failures": t.review.parse_failures,
-                "rewrite_finish_reason": t.finish_reason,
-                "response_finish_reason": result.finish_reason,
-                **lineage,
-            }
-        )
-    return rows, rejected
-
-
-def _screen_answer(result, drop_truncated: bool) -> str | None:
-    """The paper's response rules: a short refusal, or nothing but punctuation and stop words."""
-    if not result.ok:
-        return LLM_ERROR
-    if is_only_punct_or_stopwords(result.text):
-        return f"answer_{EMPTY}"
-    if is_refusal(result.text):
-        return f"answer_{REFUSAL}"
-    if drop_truncated and result.finish_reason == "length":
-        return f"answer_{TRUNCATED}"
-    return None
-
-
-def _rejected_row(t: Transition, stage: str = "rewrite", reason: str | None = None, text: str | None = None) -> dict:
-    return {
-        "id": f"{t.state.seed_id}/{t.state.step + 1}",
-        "seed_id": t.state.seed_id,
-        "step": t.state.step + 1,
-        "stage": stage,
-        "reason": reason or t.eliminated,
-        "action": t.action,
-        "parent_instruction": t.state.instruction,
-        "text": t.raw if text is None else text,
-        "scores": t.review.scores if t.review else None,
-    }
 
 
 def main(argv: list[str] | None = None) -> dict:
